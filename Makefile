@@ -1,0 +1,36 @@
+# Two commands from nothing: `make demo` and `make test`. Everything installs into .venv from
+# the pinned constraints.txt (torch/torchvision, Prefect/fastapi and MLflow known to work together).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_DATE ?= $(shell date +%F)
+
+.PHONY: install demo test test-all clean-demo
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/panelscan synth --out data/raw --n 600 --seed 0
+	$(BIN)/panelscan pipeline --raw data/raw --labels data/raw/labels.csv
+	$(BIN)/panelscan synth --out data/inbox/$(DEMO_DATE) --n 60 --seed 1
+	$(BIN)/panelscan score --raw data/inbox/$(DEMO_DATE) --date $(DEMO_DATE)
+	@echo
+	@echo "Inspector report: data/reports/$(DEMO_DATE)/flagged.csv (all scores: data/reports/$(DEMO_DATE)/scores.csv)"
+	@echo "MLflow UI:        $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db  -> http://127.0.0.1:5000"
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+test-all: $(STAMP)
+	$(BIN)/pytest -m ""
+
+clean-demo:
+	rm -rf data/raw data/inbox data/processed data/quarantine data/reports data/calibration.json data/latest_train.json mlruns/mlflow.db mlruns/artifacts

@@ -1,0 +1,122 @@
+"""`panelscan` command line: each subcommand runs the matching Prefect flow.
+
+Exit code is non-zero on failure, with a one-line reason on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pipeline.config import PanelConfig
+
+
+def _add_config(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="JSON file overriding config defaults (see pipeline/config.py)")
+    p.add_argument("--workdir", default="data", help="where processed/, quarantine/, reports/ live (default: data)")
+
+
+def _add_ingest(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--crop", choices=["auto", "roi", "none"], help="panel cropping (default: auto)")
+    p.add_argument("--image-size", type=int, help="model input side in pixels (default: 128)")
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", choices=["convvae"], help="model family (default: convvae)")
+    p.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
+    p.add_argument("--beta", type=float, help="β, the KL weight")
+    p.add_argument("--latent-dim", type=int)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--seed", type=int)
+
+
+def parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="panelscan", description="Anomaly detection for equipment panel images.")
+    sub = root.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("synth", help="write synthetic panels + labels.csv")
+    p.add_argument("--out", default="data/raw")
+    p.add_argument("--n", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("ingest", help="validate, crop and split raw images")
+    p.add_argument("--raw", default="data/raw")
+    p.add_argument("--labels", help="labels CSV (path,label[,panel_id])")
+    _add_config(p), _add_ingest(p)
+    p = sub.add_parser("train", help="train a model on clean crops and register it")
+    _add_config(p), _add_train(p)
+    p = sub.add_parser("calibrate", help="choose score + threshold on val, report test, promote")
+    _add_config(p)
+    p.add_argument("--rule", help="max-f1 | fpr:<x> | recall:<x> | fixed:<value>")
+    p.add_argument("--model-version", help="registered version to calibrate (default: the last trained)")
+    p = sub.add_parser("score", help="score a folder of images with the champion model")
+    p.add_argument("--raw", required=True)
+    p.add_argument("--model-uri", default="models:/panel-anomaly@champion")
+    p.add_argument("--out", help="report root (default: <workdir>/reports)")
+    p.add_argument("--date", help="report date YYYY-MM-DD (default: today)")
+    _add_config(p)
+    p = sub.add_parser("pipeline", help="ingest -> train -> calibrate -> promote")
+    p.add_argument("--raw", default="data/raw")
+    p.add_argument("--labels")
+    _add_config(p), _add_ingest(p), _add_train(p)
+    return root
+
+
+def build_config(args: argparse.Namespace) -> PanelConfig:
+    cfg = PanelConfig.load(getattr(args, "config", None))
+    cfg = cfg.replace("ingest", crop=getattr(args, "crop", None), image_size=getattr(args, "image_size", None))
+    cfg = cfg.replace("model", model_type=getattr(args, "model", None), beta=getattr(args, "beta", None),
+                      latent_dim=getattr(args, "latent_dim", None))
+    cfg = cfg.replace("train", epochs=getattr(args, "epochs", None), device=getattr(args, "device", None),
+                      seed=getattr(args, "seed", None))
+    return cfg
+
+
+def run(args: argparse.Namespace) -> str:
+    """Run the flow for args.command; returns the line to print."""
+    from flows import stages as f  # Prefect import is slow: only after argument parsing
+
+    if args.command == "synth":
+        return f"synthetic panels written to {f.synth_flow(args.out, args.n, args.seed)}"
+    config = build_config(args).to_dict()
+    if args.command == "ingest":
+        r = f.ingest_flow(args.raw, args.workdir, args.labels, config)
+        return f"manifest: {r.manifest_path} ({r.n_new} new, {r.n_quarantined} quarantined, splits {r.split_counts})"
+    if args.command == "train":
+        r = f.train_flow(args.workdir, config)
+        return f"registered panel-anomaly version {r.model_version} (run {r.run_id})"
+    if args.command == "calibrate":
+        r = f.calibrate_flow(args.workdir, config, args.model_version, args.rule)
+        return _calibration_line(r)
+    if args.command == "score":
+        r = f.score_flow(args.raw, args.workdir, config, args.model_uri, args.out, args.date)
+        return (f"report: {r.report_dir}/flagged.csv ({r.n_flagged} of {r.n_scored} images flagged by "
+                f"panel-anomaly v{r.model_version}; {r.n_quarantined} quarantined)")
+    if args.command == "pipeline":
+        return _calibration_line(f.pipeline_flow(args.raw, args.labels, args.workdir, config))
+    raise ValueError(f"unknown command {args.command}")
+
+
+def _calibration_line(r) -> str:
+    cal = r.calibration
+    per_class = ", ".join(f"{k.removeprefix('roc_auc_')} {v:.3f}" for k, v in cal.test.items() if k.startswith("roc_auc_"))
+    return (f"panel-anomaly v{cal.model_version}: test ROC-AUC {cal.test.get('roc_auc', float('nan')):.3f} "
+            f"({per_class}); score {cal.score_name}, threshold {cal.threshold:.4g} ({cal.rule}); {r.promoted_to}: {r.reason}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    try:
+        print(run(args))
+    except KeyboardInterrupt:
+        print("panelscan: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # one line for the operator; Prefect has logged the traceback
+        print(f"panelscan {args.command}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

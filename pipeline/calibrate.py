@@ -1,0 +1,142 @@
+"""Thresholds and metrics (scikit-learn). Thresholds are chosen on validation, reported on test."""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+from pipeline.labels import is_defect
+
+
+@dataclass(frozen=True)
+class ThresholdChoice:
+    threshold: float
+    rule: str
+    fallback: bool = False  # True when validation had no defects and a clean-score quantile was used
+    note: str = ""
+
+
+def defect_targets(labels: np.ndarray) -> np.ndarray:
+    return np.array([is_defect(str(label)) for label in labels], dtype=bool)
+
+
+def _max_f1(scores: np.ndarray, y: np.ndarray) -> float:
+    precision, recall, thresholds = precision_recall_curve(y, scores)
+    f1 = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+    return float(thresholds[int(np.argmax(f1))])
+
+
+def _roc_threshold(scores: np.ndarray, y: np.ndarray, max_fpr: float | None = None,
+                   min_recall: float | None = None) -> float:
+    fpr, tpr, thresholds = roc_curve(y, scores, drop_intermediate=False)
+    finite = np.isfinite(thresholds)
+    if max_fpr is not None:  # highest recall with FPR <= max_fpr; ties -> the higher threshold
+        ok = finite & (fpr <= max_fpr)
+        best = np.flatnonzero(ok)[np.argmax(tpr[ok])]
+    else:  # lowest FPR with recall >= min_recall
+        ok = finite & (tpr >= min_recall)
+        if not ok.any():
+            ok = finite
+        best = np.flatnonzero(ok)[np.argmin(fpr[ok])]
+    return float(thresholds[best])
+
+
+def choose_threshold(scores: np.ndarray, labels: np.ndarray, rule: str = "max-f1",
+                     fallback_quantile: float = 0.99) -> ThresholdChoice:
+    """Apply a threshold rule (max-f1 | fpr:<x> | recall:<x> | fixed:<v>); an image is flagged
+    when score >= threshold. Without defect labels, fall back to a clean-score quantile, loudly."""
+    scores, y = np.asarray(scores, dtype=float), defect_targets(labels)
+    kind, _, value = rule.partition(":")
+    if kind == "fixed":
+        return ThresholdChoice(float(value), rule)
+    if kind not in ("max-f1", "fpr", "recall"):
+        raise ValueError(f"unknown threshold rule {rule!r}: use max-f1, fpr:<x>, recall:<x> or fixed:<value>")
+    if y.all() or not y.any():
+        clean = scores[~y]
+        if clean.size == 0:
+            raise ValueError("cannot choose a threshold: validation has no clean images")
+        note = (f"validation has no defect labels: threshold is the {fallback_quantile:.3g} quantile "
+                f"of {clean.size} clean validation scores, not rule {rule!r}")
+        warnings.warn(note, stacklevel=2)
+        return ThresholdChoice(float(np.quantile(clean, fallback_quantile)), f"quantile:{fallback_quantile}", True, note)
+    if kind == "max-f1":
+        return ThresholdChoice(_max_f1(scores, y), rule)
+    if kind == "fpr":
+        return ThresholdChoice(_roc_threshold(scores, y, max_fpr=float(value)), rule)
+    return ThresholdChoice(_roc_threshold(scores, y, min_recall=float(value)), rule)
+
+
+def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float | None = None) -> dict[str, float]:
+    """ROC-AUC / PR-AUC overall and per defect class (class vs ok), and operating point at threshold."""
+    scores, labels = np.asarray(scores, dtype=float), np.asarray(labels).astype(str)
+    y = defect_targets(labels)
+    metrics: dict[str, float] = {"n": float(len(y)), "n_defect": float(y.sum())}
+    if 0 < y.sum() < len(y):
+        metrics["roc_auc"] = float(roc_auc_score(y, scores))
+        metrics["pr_auc"] = float(average_precision_score(y, scores))
+        clean = labels == "ok"
+        for cls in sorted({c for c in labels if is_defect(c)}):
+            pick = clean | (labels == cls)
+            if clean.any():
+                metrics[f"roc_auc_{cls}"] = float(roc_auc_score(labels[pick] == cls, scores[pick]))
+    if threshold is not None:
+        flagged = scores >= threshold
+        tp, fp = int((flagged & y).sum()), int((flagged & ~y).sum())
+        fn, tn = int((~flagged & y).sum()), int((~flagged & ~y).sum())
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        metrics.update(threshold=float(threshold), precision=precision, recall=recall,
+                       f1=2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+                       fpr=fp / (fp + tn) if fp + tn else 0.0, flag_rate=float(flagged.mean()) if len(flagged) else 0.0)
+    return metrics
+
+
+def select_score(val_scores: dict[str, np.ndarray], labels: np.ndarray, default: str = "blur_max") -> str:
+    """The candidate score with the best validation ROC-AUC (default when val has no defects)."""
+    y = defect_targets(labels)
+    if y.all() or not y.any():
+        return default
+    aucs = {name: roc_auc_score(y, s) for name, s in val_scores.items()}
+    return max(aucs, key=aucs.get)
+
+
+@dataclass
+class Calibration:
+    """What calibration decided and why: written to calibration.json and to model-version tags."""
+
+    model_name: str
+    model_version: str
+    score_name: str
+    threshold: float
+    rule: str
+    fallback: bool
+    note: str
+    val: dict[str, float]
+    test: dict[str, float]
+    score_table: dict[str, dict[str, float]] = field(default_factory=dict)  # score -> val/test ROC-AUC
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Calibration":
+        return cls(**data)
+
+
+def calibrate_scores(val_scores: dict[str, np.ndarray], val_labels: np.ndarray,
+                     test_scores: dict[str, np.ndarray], test_labels: np.ndarray,
+                     rule: str, fallback_quantile: float, model_name: str, model_version: str) -> Calibration:
+    """Pick the score function and threshold on val; report both val and test metrics at it."""
+    name = select_score(val_scores, val_labels)
+    choice = choose_threshold(val_scores[name], val_labels, rule, fallback_quantile)
+    table = {}
+    for candidate in val_scores:
+        table[candidate] = {"val_roc_auc": evaluate(val_scores[candidate], val_labels).get("roc_auc", float("nan")),
+                            "test_roc_auc": evaluate(test_scores[candidate], test_labels).get("roc_auc", float("nan"))}
+    return Calibration(model_name, str(model_version), name, choice.threshold, choice.rule, choice.fallback, choice.note,
+                       evaluate(val_scores[name], val_labels, choice.threshold),
+                       evaluate(test_scores[name], test_labels, choice.threshold), table)

@@ -1,0 +1,118 @@
+"""One typed configuration object; every default works on the embedded (laptop/CPU) setup."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+CropMode = Literal["auto", "roi", "none"]
+ScoreName = Literal["mse", "topk_mean", "blur_max", "norm_blur_max", "elbo"]
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    crop: CropMode = "auto"
+    roi: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in the source image, for crop="roi"
+    image_size: int = 128  # crops are resized to image_size x image_size (grayscale)
+    min_side: int = 32  # smaller images are quarantined
+    max_pixels: int = 50_000_000  # decompression-bomb guard
+    split_seed: int = 0
+    train_frac: float = 0.6  # of clean panels; the rest is split evenly into val / test
+    metadata_suffixes: tuple[str, ...] = (".csv", ".json", ".md")  # sidecar files, never images
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    model_type: Literal["convvae"] = "convvae"
+    latent_dim: int = 64
+    channels: tuple[int, ...] = (32, 64, 128, 128)
+    beta: float = 1.0
+    # Gaussian decoder std-dev in [0,1] pixel units. recon = SSE / (2 sigma^2), so beta=1 is a true
+    # ELBO and beta means the same at every image size (both terms are nats per image).
+    recon_sigma: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 40
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    patience: int = 8  # early stop after this many epochs without a better clean val recon
+    min_delta: float = 1e-4  # relative improvement that counts as better
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_shift: int = 3  # augmentation: random shift in pixels (keeps clean images clean)
+    brightness: float = 0.08  # augmentation: multiplicative gain range +-
+    num_threads: int = 0  # 0: torch default
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    blur_sigma: float = 2.0  # pixels on the model-size crop, for blur_max and heatmaps
+    topk_frac: float = 0.01  # top 1% of pixels for topk_mean
+    norm_eps: float = 0.5  # norm_blur_max divides by (clean error + norm_eps * its mean)
+    batch_size: int = 64
+    region_size_frac: float = 0.125  # side of the reported strongest-error box, fraction of the crop
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    rule: str = "max-f1"  # max-f1 | fpr:<x> | recall:<x> | fixed:<value>
+    fallback_quantile: float = 0.99  # threshold = this quantile of clean val scores when no defects
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_root: str = "mlruns/artifacts"
+    train_experiment: str = "panel-train"
+    score_experiment: str = "panel-score"
+    model_name: str = "panel-anomaly"
+
+
+@dataclass(frozen=True)
+class PanelConfig:
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    calibrate: CalibrateConfig = field(default_factory=CalibrateConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, section: str, **changes: Any) -> "PanelConfig":
+        """A copy with some fields of one section changed (None values are ignored)."""
+        changes = {k: v for k, v in changes.items() if v is not None}
+        return dataclasses.replace(self, **{section: dataclasses.replace(getattr(self, section), **changes)})
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PanelConfig":
+        sections = {f.name: f.type for f in dataclasses.fields(cls)}
+        kwargs = {}
+        for name in sections:
+            section_cls = type(getattr(cls(), name))
+            values = dict(data.get(name, {}))
+            for f in dataclasses.fields(section_cls):
+                if isinstance(values.get(f.name), list):
+                    values[f.name] = tuple(values[f.name])
+            unknown = set(values) - {f.name for f in dataclasses.fields(section_cls)}
+            if unknown:
+                raise ValueError(f"unknown config keys in [{name}]: {sorted(unknown)}")
+            kwargs[name] = section_cls(**values)
+        return cls(**kwargs)
+
+    @classmethod
+    def load(cls, path: Path | None) -> "PanelConfig":
+        """Defaults, overridden by a JSON file when given."""
+        if path is None:
+            return cls()
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            raise ValueError(f"{path}: invalid config: {exc}") from exc

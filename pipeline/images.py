@@ -1,0 +1,70 @@
+"""Image decoding with validation: every failure becomes a reason naming the file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torchvision.io import ImageReadMode, decode_image, encode_png
+
+from pipeline.files import atomic_write_bytes, sha256_bytes
+
+
+class ImageRejected(ValueError):
+    """An input that cannot be used; the message is the quarantine reason."""
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    path: Path
+    sha256: str
+    pixels: torch.Tensor  # uint8, (1, H, W) grayscale
+
+
+def _png_is_complete(data: bytes) -> bool:
+    # libpng happily decodes a PNG cut short and fills the rest; the IEND chunk tells us.
+    return b"IEND" in data[-32:]
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    return data.rstrip(b"\x00").endswith(b"\xff\xd9")
+
+
+def decode_file(path: Path, min_side: int = 32, max_pixels: int = 50_000_000) -> DecodedImage:
+    """Read and decode one file to grayscale uint8, or raise ImageRejected with the reason."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageRejected(f"unreadable: {exc.strerror or exc}") from exc
+    if not data:
+        raise ImageRejected("empty file (0 bytes)")
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and not _png_is_complete(data):
+        raise ImageRejected("truncated PNG (no IEND chunk)")
+    if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
+        raise ImageRejected("truncated JPEG (no end-of-image marker)")
+    try:
+        pixels = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.GRAY)
+    except (RuntimeError, ValueError) as exc:
+        raise ImageRejected(f"not a decodable image: {str(exc).splitlines()[0][:160]}") from exc
+    if pixels.dtype != torch.uint8:  # 16-bit PNG: scale, don't clip
+        pixels = (pixels.float() / 65535.0 * 255.0).round().clamp(0, 255).to(torch.uint8)
+    _, height, width = pixels.shape
+    if min(height, width) < min_side:
+        raise ImageRejected(f"too small: {width}x{height} < {min_side} px")
+    if height * width > max_pixels:
+        raise ImageRejected(f"too large: {width}x{height} exceeds {max_pixels} pixels")
+    return DecodedImage(Path(path), sha256_bytes(data), pixels)
+
+
+def write_png(path: Path, pixels: torch.Tensor) -> Path:
+    """Write a uint8 (C, H, W) tensor as PNG, atomically."""
+    return atomic_write_bytes(path, encode_png(pixels.contiguous()).numpy().tobytes())
+
+
+def to_float(pixels: torch.Tensor) -> torch.Tensor:
+    return pixels.float() / 255.0
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    return (image.clamp(0, 1) * 255.0).round().to(torch.uint8)

@@ -1,0 +1,217 @@
+"""Ingest: validate raw images, crop panels, write crops + manifest; bad inputs go to quarantine.
+
+The raw folder is only ever read. Crops are content-addressed (crop_id = sha256 of the crop
+pixels) and the manifest and quarantine tables are replaced atomically, so a crash leaves the
+previous state intact and a re-run is safe.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from pipeline.config import IngestConfig
+from pipeline.crop import Box, CropError, crop_resize, panel_box
+from pipeline.files import atomic_write_csv, sha256_bytes
+from pipeline.images import ImageRejected, decode_file, write_png
+from pipeline.labels import UNLABELLED, is_defect, load_labels
+
+MANIFEST_COLUMNS = ["crop_id", "source_path", "source_sha256", "bbox", "panel_id", "label", "split",
+                    "width", "height", "ingested_at", "crop_path"]
+QUARANTINE_COLUMNS = ["path", "sha256", "reason", "detected_at"]
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class WorkDirs:
+    """Where ingest writes, under one work directory."""
+
+    root: Path
+
+    @property
+    def crops(self) -> Path:
+        return self.root / "processed" / "crops"
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "processed" / "manifest.csv"
+
+    @property
+    def quarantine(self) -> Path:
+        return self.root / "quarantine" / "quarantine.csv"
+
+    @property
+    def reports(self) -> Path:
+        return self.root / "reports"
+
+
+@dataclass(frozen=True)
+class Crop:
+    """One panel crop ready for the model, with where it came from."""
+
+    source_path: Path
+    source_sha256: str
+    bbox: Box
+    pixels: torch.Tensor  # uint8 (1, S, S)
+
+    @property
+    def crop_id(self) -> str:
+        return sha256_bytes(self.pixels.numpy().tobytes() + str(tuple(self.pixels.shape)).encode())
+
+
+@dataclass(frozen=True)
+class Rejected:
+    path: Path
+    sha256: str
+    reason: str
+
+
+def list_inputs(raw: Path, cfg: IngestConfig) -> list[Path]:
+    """Every regular file under raw, except hidden files and metadata sidecars, sorted."""
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise FileNotFoundError(f"{raw}: raw folder does not exist")
+    return sorted(p for p in raw.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(raw).parts)
+                  and p.suffix.lower() not in cfg.metadata_suffixes)
+
+
+def prepare(path: Path, cfg: IngestConfig) -> Crop:
+    """Decode, validate and crop one file: the single preprocessing path for ingest and scoring."""
+    image = decode_file(path, min_side=cfg.min_side, max_pixels=cfg.max_pixels)
+    box = panel_box(image.pixels, cfg.crop, cfg.roi)
+    return Crop(Path(path), image.sha256, box, crop_resize(image.pixels, box, cfg.image_size))
+
+
+def prepare_many(paths: Iterable[Path], cfg: IngestConfig, progress: Progress | None = None
+                 ) -> tuple[list[Crop], list[Rejected]]:
+    """prepare() every path; failures become Rejected with a reason, the run goes on."""
+    paths = list(paths)
+    crops, rejected, seen = [], [], {}
+    for i, path in enumerate(paths):
+        try:
+            crop = prepare(path, cfg)
+        except (ImageRejected, CropError) as exc:
+            rejected.append(Rejected(path, _sha_or_blank(path), str(exc)))
+        else:
+            if crop.source_sha256 in seen:
+                rejected.append(Rejected(path, crop.source_sha256, f"duplicate of {seen[crop.source_sha256]}"))
+            else:
+                seen[crop.source_sha256] = path
+                crops.append(crop)
+        if progress is not None:
+            progress(i + 1, len(paths))
+    return crops, rejected
+
+
+def _sha_or_blank(path: Path) -> str:
+    try:
+        return sha256_bytes(Path(path).read_bytes())
+    except OSError:
+        return ""
+
+
+def assign_split(group: str, labels: set[str], cfg: IngestConfig) -> str:
+    """Deterministic split per group (panel): adding panels never reshuffles existing ones.
+
+    Groups holding a defect go to val or test only (we never train on them, and calibration
+    needs them); clean groups go to train / val / test.
+    """
+    if labels <= {UNLABELLED}:
+        return "unlabelled"
+    u = int(hashlib.sha256(f"{cfg.split_seed}:{group}".encode()).hexdigest()[:12], 16) / 16**12
+    if any(is_defect(label) for label in labels):
+        return "val" if u < 0.5 else "test"
+    if u < cfg.train_frac:
+        return "train"
+    return "val" if u < cfg.train_frac + (1 - cfg.train_frac) / 2 else "test"
+
+
+def _with_splits(manifest: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
+    groups = manifest.groupby("panel_id")["label"].agg(set)
+    split_of = {group: assign_split(group, labels, cfg) for group, labels in groups.items()}
+    return manifest.assign(split=manifest["panel_id"].map(split_of))
+
+
+def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    if Path(path).exists():
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    return pd.DataFrame(columns=columns, dtype=str)
+
+
+def crop_rows(crops: list[Crop], raw: Path, labels: pd.DataFrame, crops_dir: Path) -> pd.DataFrame:
+    """Write crop PNGs (content-addressed) and describe them as manifest rows (split still blank)."""
+    label_of = dict(zip(labels["path"], labels["label"]))
+    panel_of = dict(zip(labels["path"], labels["panel_id"]))
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    rows = []
+    for crop in crops:
+        rel = crop.source_path.relative_to(raw).as_posix()
+        crop_path = crops_dir / f"{crop.crop_id}.png"
+        if not crop_path.exists():
+            write_png(crop_path, crop.pixels)
+        rows.append(dict(crop_id=crop.crop_id, source_path=rel, source_sha256=crop.source_sha256,
+                         bbox=",".join(map(str, crop.bbox)), panel_id=panel_of.get(rel) or str(Path(rel).with_suffix("")),
+                         label=label_of.get(rel, UNLABELLED), split="", width=crop.pixels.shape[2],
+                         height=crop.pixels.shape[1], ingested_at=now, crop_path=crop_path.name))
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+
+
+def quarantine_rows(rejected: list[Rejected], raw: Path | None = None) -> pd.DataFrame:
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return pd.DataFrame([dict(path=str(r.path.relative_to(raw) if raw else r.path), sha256=r.sha256,
+                              reason=r.reason, detected_at=now) for r in rejected], columns=QUARANTINE_COLUMNS)
+
+
+def record_quarantine(dirs: WorkDirs, rows: pd.DataFrame) -> pd.DataFrame:
+    """Merge new quarantine rows into quarantine.csv (one row per path + sha256), atomically."""
+    merged = pd.concat([read_table(dirs.quarantine, QUARANTINE_COLUMNS), rows], ignore_index=True)
+    merged = merged.drop_duplicates(["path", "sha256"], keep="last")
+    atomic_write_csv(dirs.quarantine, merged)
+    return merged
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    manifest_path: Path
+    n_new: int
+    n_skipped: int
+    n_quarantined: int
+    split_counts: dict[str, int]
+
+
+def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig,
+           progress: Progress | None = None) -> IngestResult:
+    """Ingest every new file of raw into workdir/processed; safe to re-run (incremental)."""
+    raw, dirs = Path(raw).resolve(), WorkDirs(Path(workdir))
+    labels = load_labels(labels_path)
+    known = read_table(dirs.manifest, MANIFEST_COLUMNS)
+    known_sources = set(zip(known["source_path"], known["source_sha256"]))
+    candidates = [p for p in list_inputs(raw, cfg) if labels_path is None or p.resolve() != Path(labels_path).resolve()]
+    todo = [p for p in candidates if (p.relative_to(raw).as_posix(), _sha_or_blank(p)) not in known_sources]
+    crops, rejected = prepare_many(todo, cfg, progress)
+    known_shas = set(known["source_sha256"])
+    fresh = [c for c in crops if c.source_sha256 not in known_shas]
+    rejected += [Rejected(c.source_path, c.source_sha256, "duplicate of an already ingested file")
+                 for c in crops if c.source_sha256 in known_shas]
+    new_rows = crop_rows(fresh, raw, labels, dirs.crops)
+    manifest = _with_splits(pd.concat([known, new_rows], ignore_index=True).astype(str), cfg)
+    atomic_write_csv(dirs.manifest, manifest)
+    record_quarantine(dirs, quarantine_rows(rejected, raw))
+    return IngestResult(dirs.manifest, len(fresh), len(candidates) - len(todo), len(rejected),
+                        manifest["split"].value_counts().to_dict())
+
+
+def load_split(manifest_path: Path, splits: Iterable[str], trainable_only: bool = False) -> pd.DataFrame:
+    """Manifest rows of the given splits; trainable_only keeps the clean (ok) crops."""
+    manifest = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+    rows = manifest[manifest["split"].isin(list(splits))]
+    if trainable_only:
+        rows = rows[rows["label"] == "ok"]
+    return rows.reset_index(drop=True)

@@ -1,0 +1,99 @@
+"""Error maps -> image scores and heatmaps. The one inference path for calibration and scoring.
+
+The model is anything that maps a float (B, 1, S, S) batch in [0, 1] to (reconstruction, KL per
+image): the trained ConvVAE or the same network loaded back from the MLflow registry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.transforms.v2 import functional as TF
+
+from pipeline.config import ScoreConfig
+
+
+SCORE_NAMES = ("mse", "topk_mean", "blur_max", "norm_blur_max", "elbo")
+
+
+@dataclass
+class ScoredBatch:
+    """Every candidate score per image, plus the blurred error maps (heatmaps)."""
+
+    scores: dict[str, np.ndarray]  # score name -> (N,)
+    heatmaps: torch.Tensor  # (N, S, S) float, blurred squared error
+
+
+def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
+    if sigma <= 0:
+        return error
+    size = 2 * math.ceil(3 * sigma) + 1
+    return TF.gaussian_blur(error, [size, size], [sigma, sigma])
+
+
+def score_maps(x: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor, error_ref: torch.Tensor,
+               cfg: ScoreConfig, recon_sigma: float) -> ScoredBatch:
+    """All candidate scores from one batch of inputs, reconstructions, KL terms and the clean
+    error reference. The heatmap is the normalised blurred error: where this image's error
+    exceeds what clean panels show at that pixel (connector edges always reconstruct worse)."""
+    error = (x - recon).pow(2)  # (B, 1, S, S)
+    flat = error.flatten(1)
+    k = max(1, int(round(cfg.topk_frac * flat.shape[1])))
+    ref = error_ref + cfg.norm_eps * error_ref.mean(dim=(1, 2, 3), keepdim=True)
+    heat = blur(error / ref, cfg.blur_sigma)
+    scores = {
+        "mse": flat.mean(dim=1),
+        "topk_mean": flat.topk(k, dim=1).values.mean(dim=1),
+        "blur_max": blur(error, cfg.blur_sigma).flatten(1).amax(dim=1),
+        "norm_blur_max": heat.flatten(1).amax(dim=1),
+        "elbo": flat.sum(dim=1) / (2 * recon_sigma**2) + kl,  # negative ELBO, nats up to a constant
+    }
+    return ScoredBatch({name: s.double().numpy() for name, s in scores.items()}, heat[:, 0])
+
+
+@torch.inference_mode()
+def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, recon_sigma: float,
+                keep_heatmaps: bool = True) -> ScoredBatch:
+    """Score uint8 (N, 1, S, S) crops in batches on CPU; deterministic (the model's μ path)."""
+    parts: list[ScoredBatch] = []
+    for start in range(0, len(crops), cfg.batch_size):
+        x = crops[start:start + cfg.batch_size].float() / 255.0
+        recon, kl, error_ref = model(x)
+        part = score_maps(x, recon.float(), kl.float(), error_ref.float(), cfg, recon_sigma)
+        if not keep_heatmaps:
+            part.heatmaps = part.heatmaps[:0]
+        parts.append(part)
+    if not parts:
+        size = crops.shape[-1] if crops.ndim == 4 else 0
+        return ScoredBatch({name: np.zeros(0) for name in SCORE_NAMES}, torch.zeros(0, size, size))
+    return ScoredBatch({name: np.concatenate([p.scores[name] for p in parts]) for name in parts[0].scores},
+                       torch.cat([p.heatmaps for p in parts]))
+
+
+@torch.inference_mode()
+def fit_error_reference(model: nn.Module, clean: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Mean squared reconstruction error per pixel over clean uint8 crops; stored in the model."""
+    total = torch.zeros_like(model.error_ref)
+    for start in range(0, len(clean), batch_size):
+        x = clean[start:start + batch_size].float() / 255.0
+        recon, _, _ = model(x)
+        total += (x - recon).pow(2).sum(dim=0, keepdim=True)
+    model.error_ref.copy_(total / max(1, len(clean)))
+    return model.error_ref
+
+
+def strongest_region(heatmap: torch.Tensor, bbox: tuple[int, int, int, int], size_frac: float
+                     ) -> tuple[int, int, int, int]:
+    """Box around the heatmap's peak, in source-image coordinates (crop box bbox, resized crop)."""
+    side = heatmap.shape[-1]
+    peak = int(torch.argmax(heatmap))
+    py, px = divmod(peak, heatmap.shape[-1])
+    half = max(1, int(round(size_frac * side / 2)))
+    x0, y0, x1, y1 = bbox
+    sx, sy = (x1 - x0) / side, (y1 - y0) / heatmap.shape[-2]
+    return (int(x0 + max(0, px - half) * sx), int(y0 + max(0, py - half) * sy),
+            int(math.ceil(x0 + min(side, px + half + 1) * sx)), int(math.ceil(y0 + min(heatmap.shape[-2], py + half + 1) * sy)))

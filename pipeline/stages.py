@@ -1,0 +1,202 @@
+"""The pipeline's stages as plain functions: ingest -> train -> calibrate (+ promote) -> score.
+
+Each stage takes paths and a config and returns a small result; flows/ wraps them in Prefect
+tasks. They are usable without Prefect (the benchmark and GPU boxes call them directly).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+
+from pipeline import tracking
+from pipeline.calibrate import Calibration, calibrate_scores, evaluate
+from pipeline.config import PanelConfig
+from pipeline.files import atomic_write_text
+from pipeline.ingest import (Progress, WorkDirs, list_inputs, load_split, prepare_many, quarantine_rows,
+                             record_quarantine)
+from pipeline.report import REPORT_COLUMNS, merge_report, save_heatmap
+from pipeline.scoring import ScoredBatch, score_crops, strongest_region
+from pipeline.train import dataset_hash, load_crops, train_model
+
+LATEST_TRAIN = "latest_train.json"
+
+
+@dataclass(frozen=True)
+class TrainOutcome:
+    run_id: str
+    model_version: str
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    device: str
+
+
+def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True) -> TrainOutcome:
+    """Train on the clean train split, log everything to MLflow, register a model version."""
+    dirs = WorkDirs(Path(workdir))
+    train_rows = load_split(dirs.manifest, ["train"], trainable_only=True)
+    val_rows = load_split(dirs.manifest, ["val"], trainable_only=True)
+    train_x, val_x = load_crops(train_rows, dirs.crops), load_crops(val_rows, dirs.crops)
+    if train_x.shape[-1] != cfg.ingest.image_size:
+        raise ValueError(f"{dirs.manifest}: crops are {train_x.shape[-1]} px but the config says "
+                         f"image_size={cfg.ingest.image_size}; re-run ingest with the same config")
+    tracking.configure(cfg.tracking)
+    experiment = tracking.experiment_id(cfg.tracking.train_experiment, cfg.tracking)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        mlflow.log_params(tracking.train_params(cfg, dataset_hash(train_rows), len(train_x), len(val_x)))
+        result = train_model(train_x, val_x, cfg, on_epoch=tracking.log_epoch, progress=progress)
+        mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
+        mlflow.set_tags({"device": result.device, "stopped_early": str(result.stopped_early).lower()})
+        version = tracking.log_model(result.model, val_x[:2].float() / 255.0, cfg)
+    outcome = TrainOutcome(run.info.run_id, version, result.best_epoch, len(result.history), result.seconds, result.device)
+    atomic_write_text(Path(workdir) / LATEST_TRAIN, json.dumps(outcome.__dict__, indent=2))
+    return outcome
+
+
+def latest_trained_version(workdir: Path) -> str:
+    path = Path(workdir) / LATEST_TRAIN
+    if not path.exists():
+        raise LookupError(f"{path}: no trained model yet; run `panelscan train` or pass --model-version")
+    return json.loads(path.read_text())["model_version"]
+
+
+def _score_split(model: torch.nn.Module, rows: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig) -> ScoredBatch:
+    return score_crops(model, load_crops(rows, dirs.crops), cfg.score, cfg.model.recon_sigma, keep_heatmaps=False)
+
+
+@dataclass(frozen=True)
+class CalibrateOutcome:
+    calibration: Calibration
+    promoted_to: str  # champion | challenger
+    reason: str
+    path: Path
+
+
+def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None = None,
+                    rule: str | None = None) -> CalibrateOutcome:
+    """Score labelled val/test crops with the registered model, choose score + threshold on val,
+    report on test, then promote: champion if it is the first or beats the champion on test."""
+    dirs = WorkDirs(Path(workdir))
+    tracking.configure(cfg.tracking)
+    name = cfg.tracking.model_name
+    version = model_version or latest_trained_version(workdir)
+    model_cfg = tracking.load_config(name, version)
+    model = tracking.load_model(name, version)  # the registry copy: the same path scoring uses
+    val = load_split(dirs.manifest, ["val"])
+    test = load_split(dirs.manifest, ["test"])
+    val_s, test_s = _score_split(model, val, dirs, model_cfg), _score_split(model, test, dirs, model_cfg)
+    calibration = calibrate_scores(val_s.scores, val["label"].to_numpy(), test_s.scores, test["label"].to_numpy(),
+                                   rule or model_cfg.calibrate.rule, model_cfg.calibrate.fallback_quantile, name, version)
+    tracking.log_calibration(calibration)
+    path = atomic_write_text(Path(workdir) / "calibration.json", json.dumps(calibration.to_dict(), indent=2))
+    promoted_to, reason = promote(calibration, test, dirs, cfg)
+    return CalibrateOutcome(calibration, promoted_to, reason, path)
+
+
+def promote(candidate: Calibration, test: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig) -> tuple[str, str]:
+    """Champion gate: the candidate replaces the champion only when its test ROC-AUC is at least
+    the champion's, both scored now on the same test crops with their own score and threshold."""
+    name, version = candidate.model_name, candidate.model_version
+    new_auc = candidate.test.get("roc_auc", float("nan"))
+    champion = tracking.current_version(name, tracking.CHAMPION)
+    if champion is None or champion == version:
+        alias, reason = tracking.CHAMPION, f"first calibrated version (test ROC-AUC {new_auc:.4f})"
+    else:
+        old_cfg = tracking.load_config(name, champion)
+        old_cal = tracking.load_calibration(name, champion)
+        if old_cfg.ingest.image_size != cfg.ingest.image_size or old_cfg.ingest.crop != cfg.ingest.crop:
+            old_auc = old_cal.test.get("roc_auc", float("nan"))
+            basis = "recorded test ROC-AUC (different preprocessing)"
+        else:
+            old_scores = _score_split(tracking.load_model(name, champion), test, dirs, old_cfg).scores[old_cal.score_name]
+            old_auc = evaluate(old_scores, test["label"].to_numpy()).get("roc_auc", float("nan"))
+            basis = f"same {len(test)} test crops"
+        better = not np.isnan(new_auc) and (np.isnan(old_auc) or new_auc >= old_auc)
+        alias = tracking.CHAMPION if better else tracking.CHALLENGER
+        verdict = "beats" if better else "does not beat"
+        reason = f"v{version} test ROC-AUC {new_auc:.4f} {verdict} champion v{champion} {old_auc:.4f} on {basis}"
+    tracking.set_alias(name, version, alias, reason)
+    return alias, reason
+
+
+@dataclass(frozen=True)
+class ScoreOutcome:
+    report_dir: Path
+    model_version: str
+    n_scored: int
+    n_flagged: int
+    n_quarantined: int
+    images_per_s: float
+
+
+def score_stage(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "champion",
+                out: Path | None = None, day: date | None = None, progress: Progress | None = None) -> ScoreOutcome:
+    """Score every image under raw with one pinned model version; merge into the day's report."""
+    start = time.perf_counter()
+    tracking.configure(cfg.tracking)
+    name = cfg.tracking.model_name
+    version = tracking.resolve_version(name, model_ref)
+    model_cfg = tracking.load_config(name, version)
+    calibration = tracking.load_calibration(name, version)
+    model = tracking.load_model(name, version)
+    raw = Path(raw).resolve()
+    crops, rejected = prepare_many(list_inputs(raw, model_cfg.ingest), model_cfg.ingest, progress)
+    record_quarantine(WorkDirs(Path(workdir)), quarantine_rows(rejected, raw))
+    day_dir = Path(out or WorkDirs(Path(workdir)).reports) / (day or date.today()).isoformat()
+    rows = []
+    if crops:
+        scored = score_crops(model, torch.stack([c.pixels for c in crops]), model_cfg.score, model_cfg.model.recon_sigma)
+        rows = _report_rows(crops, scored, calibration, raw, day_dir, model_cfg)
+    new = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+    scores, flagged = merge_report(day_dir, new)
+    seconds = time.perf_counter() - start
+    outcome = ScoreOutcome(day_dir, version, len(crops), int(new["flagged"].sum()),
+                           len(rejected), len(crops) / seconds if seconds else 0.0)
+    _log_score_run(outcome, scores, flagged, cfg, day_dir)
+    return outcome
+
+
+def _report_rows(crops, scored: ScoredBatch, calibration: Calibration, raw: Path, day_dir: Path,
+                 cfg: PanelConfig) -> list[dict]:
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    values = scored.scores[calibration.score_name]
+    rows = []
+    for crop, score, heat in zip(crops, values, scored.heatmaps):
+        flagged = bool(score >= calibration.threshold)
+        region = strongest_region(heat, crop.bbox, cfg.score.region_size_frac)
+        heatmap_path = ""
+        if flagged:
+            side = heat.shape[-1]
+            local = strongest_region(heat, (0, 0, side, side), cfg.score.region_size_frac)
+            heatmap_path = f"heatmaps/{crop.crop_id[:16]}.png"
+            save_heatmap(day_dir / heatmap_path, crop.pixels, heat, local)
+        rows.append(dict(image_path=crop.source_path.relative_to(raw).as_posix(), crop_id=crop.crop_id,
+                         panel_id=str(crop.source_path.relative_to(raw).with_suffix("")), score=float(score),
+                         threshold=calibration.threshold, flagged=flagged,
+                         severity=float(score / calibration.threshold) if calibration.threshold else float("inf"),
+                         region=",".join(map(str, region)), heatmap_path=heatmap_path, score_name=calibration.score_name,
+                         model_name=calibration.model_name, model_version=calibration.model_version, scored_at=now))
+    return rows
+
+
+def _log_score_run(outcome: ScoreOutcome, scores: pd.DataFrame, flagged: pd.DataFrame, cfg: PanelConfig,
+                   day_dir: Path) -> None:
+    experiment = tracking.experiment_id(cfg.tracking.score_experiment, cfg.tracking)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"score-{day_dir.name}"):
+        mlflow.log_params({"model_name": cfg.tracking.model_name, "model_version": outcome.model_version,
+                           "report_date": day_dir.name})
+        mlflow.log_metrics({"n_scored": outcome.n_scored, "n_flagged": outcome.n_flagged,
+                            "n_quarantined": outcome.n_quarantined,
+                            "flag_rate": outcome.n_flagged / outcome.n_scored if outcome.n_scored else 0.0,
+                            "report_rows": len(scores), "report_flagged": len(flagged),
+                            "images_per_s": outcome.images_per_s})
+        mlflow.log_artifact(str(day_dir / "flagged.csv"), "report")

@@ -1,0 +1,157 @@
+"""The one place that talks to MLflow: stores, runs, the model registry and aliases.
+
+Embedded default: SQLite at sqlite:///mlruns/mlflow.db with artifacts under mlruns/artifacts;
+MLFLOW_TRACKING_URI, when set, points everything at another store (a shared mlflow server).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.tracking import MlflowClient
+from mlflow.types import Schema, TensorSpec
+from torch import nn
+
+from pipeline.calibrate import Calibration
+from pipeline.config import PanelConfig, TrackingConfig
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+CONFIG_ARTIFACT, CALIBRATION_ARTIFACT = "config.json", "calibration.json"
+
+
+def configure(cfg: TrackingConfig) -> str:
+    """Point MLflow at the tracking store; creates the embedded SQLite folder when needed."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or cfg.tracking_uri
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def experiment_id(name: str, cfg: TrackingConfig) -> str:
+    """Get or create an experiment; with a local store its artifacts live under artifact_root."""
+    found = mlflow.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if mlflow.get_tracking_uri().startswith("sqlite:"):
+        location = (Path(cfg.artifact_root).resolve() / name).as_uri()
+    try:
+        return mlflow.create_experiment(name, artifact_location=location)
+    except MlflowException:  # created concurrently
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def train_params(cfg: PanelConfig, data_hash: str, n_train: int, n_val: int) -> dict[str, Any]:
+    m, t = cfg.model, cfg.train
+    return dict(model_type=m.model_type, beta=m.beta, beta_schedule="constant", latent_dim=m.latent_dim,
+                channels=",".join(map(str, m.channels)), recon_sigma=m.recon_sigma, image_size=cfg.ingest.image_size,
+                crop=cfg.ingest.crop, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
+                patience=t.patience, dataset_hash=data_hash, n_train=n_train, n_val=n_val)
+
+
+def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+    mlflow.log_metrics(metrics, step=epoch)
+
+
+def _signature(image_size: int) -> ModelSignature:
+    f32 = np.dtype(np.float32)
+    return ModelSignature(inputs=Schema([TensorSpec(f32, (-1, 1, image_size, image_size))]),
+                          outputs=Schema([TensorSpec(f32, (-1, 1, image_size, image_size), "recon"),
+                                          TensorSpec(f32, (-1,), "kl")]))
+
+
+def log_model(model: nn.Module, example: torch.Tensor, cfg: PanelConfig) -> str:
+    """Log the model (pickle-free pt2 export + signature) and the config it was trained with;
+    register it as a new version of the registered model. Returns the version."""
+    mlflow.log_dict(cfg.to_dict(), CONFIG_ARTIFACT)
+    info = mlflow.pytorch.log_model(model.eval(), name="model", signature=_signature(example.shape[-1]),
+                                    input_example=example.numpy().astype(np.float32), serialization_format="pt2",
+                                    registered_model_name=cfg.tracking.model_name,
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
+                                    # the serving check assumes one output tensor; ours returns three
+                                    validate_serving_input=False)
+    version = str(info.registered_model_version)
+    MlflowClient().set_model_version_tag(cfg.tracking.model_name, version, "model_type", cfg.model.model_type)
+    return version
+
+
+def version_run_id(model_name: str, version: str) -> str:
+    return MlflowClient().get_model_version(model_name, version).run_id
+
+
+def resolve_version(model_name: str, ref: str) -> str:
+    """A version number from '7', 'champion' or 'models:/name@alias' / 'models:/name/7'."""
+    client = MlflowClient()
+    ref = ref.removeprefix(f"models:/{model_name}").lstrip("/@") or CHAMPION
+    if ref.isdigit():
+        return ref
+    try:
+        return str(client.get_model_version_by_alias(model_name, ref).version)
+    except MlflowException as exc:
+        raise LookupError(f"registered model {model_name!r} has no version with alias {ref!r}: "
+                          "run `panelscan pipeline` (or train + calibrate) first") from exc
+
+
+def load_model(model_name: str, version: str) -> nn.Module:
+    return mlflow.pytorch.load_model(f"models:/{model_name}/{version}")
+
+
+def load_run_json(run_id: str, artifact: str) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact, dst_path=tmp)
+        return json.loads(Path(path).read_text())
+
+
+def load_config(model_name: str, version: str) -> PanelConfig:
+    return PanelConfig.from_dict(load_run_json(version_run_id(model_name, version), CONFIG_ARTIFACT))
+
+
+def load_calibration(model_name: str, version: str) -> Calibration:
+    try:
+        data = load_run_json(version_run_id(model_name, version), CALIBRATION_ARTIFACT)
+    except (MlflowException, OSError) as exc:
+        raise LookupError(f"{model_name} version {version} has no {CALIBRATION_ARTIFACT}: run `panelscan calibrate`") from exc
+    return Calibration.from_dict(data)
+
+
+def log_calibration(calibration: Calibration) -> None:
+    """Log eval/* metrics and calibration.json into the version's training run; tag the version."""
+    name, version = calibration.model_name, calibration.model_version
+    run_id = version_run_id(name, version)
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics({f"eval/{k}": v for k, v in calibration.test.items() if k not in ("n", "n_defect")})
+        mlflow.log_metrics({f"eval_val/{k}": v for k, v in calibration.val.items() if k not in ("n", "n_defect")})
+        mlflow.log_dict(calibration.to_dict(), CALIBRATION_ARTIFACT)
+        mlflow.log_dict(calibration.score_table, "score_functions.json")
+        mlflow.set_tags({"calibration.score": calibration.score_name, "calibration.rule": calibration.rule,
+                         "calibration.fallback": str(calibration.fallback).lower()})
+    client = MlflowClient()
+    for key, value in {"score": calibration.score_name, "threshold": f"{calibration.threshold:.6g}",
+                       "threshold_rule": calibration.rule, "threshold_fallback": str(calibration.fallback).lower(),
+                       "test_roc_auc": f"{calibration.test.get('roc_auc', float('nan')):.4f}"}.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def current_version(model_name: str, alias: str) -> str | None:
+    try:
+        return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(model_name: str, version: str, alias: str, reason: str) -> None:
+    client = MlflowClient()
+    client.set_registered_model_alias(model_name, alias, version)
+    client.set_model_version_tag(model_name, version, "promotion", f"{alias}: {reason}")
+    client.update_model_version(model_name, version, description=f"{alias}: {reason}")
