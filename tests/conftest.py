@@ -1,0 +1,39 @@
+"""Shared fixtures: small synthetic data sets and throwaway Prefect / MLflow stores."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import PanelConfig
+from pipeline.synth import generate
+
+
+@pytest.fixture(autouse=True)
+def isolated_stores(tmp_path, monkeypatch):
+    """Never write into the user's ~/.prefect or the repo's mlruns/."""
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def synth_raw(tmp_path_factory) -> Path:
+    """120 synthetic frames with labels.csv and panels.csv (read-only for tests)."""
+    out = tmp_path_factory.mktemp("raw")
+    generate(out, n=120, seed=11)
+    return out
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """Path -> sha256 of every file under root (to prove a folder is byte-identical)."""
+    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(Path(root).rglob("*")) if p.is_file()}
+
+
+def small_config(**train) -> PanelConfig:
+    """Fast settings for tests: 64 px crops, a few epochs."""
+    cfg = PanelConfig().replace("ingest", image_size=64).replace("model", latent_dim=16, channels=(16, 32, 32))
+    return cfg.replace("train", **({"epochs": 3, "batch_size": 32} | train))

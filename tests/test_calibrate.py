@@ -1,0 +1,72 @@
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score
+
+from pipeline.calibrate import calibrate_scores, choose_threshold, evaluate
+
+
+@pytest.fixture()
+def scored():
+    rng = np.random.default_rng(0)
+    scores = np.concatenate([rng.normal(0, 1, 300), rng.normal(2.5, 1, 60), rng.normal(1.5, 1, 40)])
+    labels = np.array(["ok"] * 300 + ["crack"] * 60 + ["loose_connector"] * 40)
+    return scores, labels
+
+
+def test_max_f1_threshold_maximises_f1(scored):
+    scores, labels = scored
+    y = labels != "ok"
+    t = choose_threshold(scores, labels, "max-f1").threshold
+    best = max(f1_score(y, scores >= c) for c in np.unique(scores))
+    assert f1_score(y, scores >= t) == pytest.approx(best)
+
+
+@pytest.mark.parametrize("max_fpr", [0.01, 0.05, 0.2])
+def test_fpr_rule_meets_its_bound_with_best_recall(scored, max_fpr):
+    scores, labels = scored
+    t = choose_threshold(scores, labels, f"fpr:{max_fpr}").threshold
+    m = evaluate(scores, labels, t)
+    assert m["fpr"] <= max_fpr
+    clean = np.sort(scores[labels == "ok"])
+    lower = evaluate(scores, labels, clean[clean < t].max())  # admit one more clean image
+    assert lower["fpr"] > max_fpr or lower["recall"] <= m["recall"]  # no better threshold within the bound
+
+
+def test_recall_rule_reaches_recall(scored):
+    scores, labels = scored
+    m = evaluate(scores, labels, choose_threshold(scores, labels, "recall:0.9").threshold)
+    assert m["recall"] >= 0.9
+
+
+def test_fixed_rule_and_unknown_rule(scored):
+    scores, labels = scored
+    assert choose_threshold(scores, labels, "fixed:1.25").threshold == 1.25
+    with pytest.raises(ValueError, match="unknown threshold rule"):
+        choose_threshold(scores, labels, "magic")
+
+
+def test_no_defect_labels_fall_back_loudly_to_clean_quantile(scored):
+    scores, labels = scored
+    clean = scores[labels == "ok"]
+    with pytest.warns(UserWarning, match="no defect labels"):
+        choice = choose_threshold(clean, np.array(["ok"] * len(clean)), "max-f1", fallback_quantile=0.95)
+    assert choice.fallback and choice.rule == "quantile:0.95"
+    assert choice.threshold == pytest.approx(np.quantile(clean, 0.95))
+
+
+def test_evaluate_reports_per_class_auc_and_operating_point(scored):
+    scores, labels = scored
+    m = evaluate(scores, labels, 1.0)
+    assert {"roc_auc", "pr_auc", "roc_auc_crack", "roc_auc_loose_connector", "precision", "recall", "fpr"} <= set(m)
+    assert m["roc_auc_crack"] > m["roc_auc_loose_connector"]  # crack scores are further from clean
+
+
+def test_calibration_picks_score_on_validation_and_reports_test(scored):
+    scores, labels = scored
+    noise = np.random.default_rng(1).normal(0, 1, len(scores))
+    val = {"good": scores, "bad": noise}
+    calibration = calibrate_scores(val, labels, {"good": scores[::-1], "bad": noise}, labels[::-1], "max-f1", 0.99,
+                                   "panel-anomaly", "3")
+    assert calibration.score_name == "good"
+    assert calibration.test["threshold"] == calibration.threshold
+    assert set(calibration.score_table) == {"good", "bad"}

@@ -1,0 +1,75 @@
+"""End to end on a tiny synthetic set: the real Prefect flows (test harness) and a temp MLflow store."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from pipeline import tracking
+from pipeline.config import PanelConfig
+from pipeline.report import REPORT_COLUMNS
+from pipeline.scoring import score_crops
+from pipeline.synth import generate
+from pipeline.train import train_model
+from tests.conftest import small_config
+
+
+def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path):
+    from flows.stages import pipeline_flow, score_flow
+
+    cfg = small_config().to_dict()
+    inbox = tmp_path / "inbox"
+    generate(inbox, n=16, seed=99)
+    (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    with prefect_test_harness(server_startup_timeout=120):
+        outcome = pipeline_flow(str(synth_raw), str(synth_raw / "labels.csv"), str(tmp_path / "work"), cfg)
+        first = score_flow(str(inbox), str(tmp_path / "work"), cfg, day="2026-01-02")
+        again = score_flow(str(inbox), str(tmp_path / "work"), cfg, day="2026-01-02")
+
+    # calibration + promotion
+    cal = outcome.calibration
+    assert outcome.promoted_to == "champion" and (tmp_path / "work" / "calibration.json").exists()
+    assert {"roc_auc", "pr_auc", "roc_auc_crack", "roc_auc_loose_connector"} <= set(cal.test)
+    # MLflow: the training run holds β, KL and ROC-AUC; the version is champion; a score run exists
+    client = MlflowClient()
+    version = client.get_model_version_by_alias("panel-anomaly", "champion")
+    run = client.get_run(version.run_id)
+    assert run.data.params["beta"] == "1.0" and "dataset_hash" in run.data.params
+    assert {"train/recon", "train/kl", "train/beta", "val/recon", "val/kl", "eval/roc_auc"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(version.run_id, "train/kl")) == 3  # one point per epoch
+    assert version.tags["threshold_rule"] == "max-f1" and version.tags["model_type"] == "convvae"
+    score_runs = mlflow.search_runs(experiment_names=["panel-score"])
+    assert len(score_runs) == 2 and (score_runs["metrics.n_scored"] == 16).all()
+    # the report: every image exactly once, flagged sorted and over threshold, broken file quarantined
+    assert first.n_scored == again.n_scored == 16 and first.n_quarantined == 1
+    day = tmp_path / "work" / "reports" / "2026-01-02"
+    scores = pd.read_csv(day / "scores.csv")
+    flagged = pd.read_csv(day / "flagged.csv", keep_default_na=False)
+    assert len(scores) == 16 and scores["image_path"].is_unique
+    assert list(flagged.columns) == REPORT_COLUMNS
+    assert (flagged["score"] >= flagged["threshold"]).all() and flagged["score"].is_monotonic_decreasing
+    assert all((day / p).exists() for p in flagged["heatmap_path"])
+    quarantine = pd.read_csv(tmp_path / "work" / "quarantine" / "quarantine.csv")
+    assert "broken.png" in set(quarantine["path"])
+
+
+def test_registry_model_reproduces_in_memory_scores(tmp_path: Path):
+    cfg = small_config()
+    data = (torch.rand(40, 1, 64, 64) * 255).to(torch.uint8)
+    result = train_model(data[:24], data[24:32], cfg.replace("train", epochs=1), progress=False)
+    tracking.configure(cfg.tracking)
+    with mlflow.start_run(experiment_id=tracking.experiment_id("panel-train", cfg.tracking)):
+        version = tracking.log_model(result.model, data[:2].float() / 255, cfg)
+    loaded = tracking.load_model(cfg.tracking.model_name, version)
+    before = score_crops(result.model, data[32:], cfg.score, cfg.model.recon_sigma)
+    after = score_crops(loaded, data[32:], cfg.score, cfg.model.recon_sigma)
+    for name in before.scores:
+        assert after.scores[name] == pytest.approx(before.scores[name], rel=1e-5), name
+    assert tracking.load_config(cfg.tracking.model_name, version) == cfg

@@ -1,0 +1,109 @@
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline.config import IngestConfig
+from pipeline.crop import box_iou, locate_panel
+from pipeline.images import decode_file
+from pipeline.ingest import WorkDirs, ingest, load_split
+from pipeline.labels import LabelsError, load_labels
+from tests.conftest import tree_digest
+
+
+@pytest.fixture()
+def messy_raw(synth_raw: Path, tmp_path: Path) -> Path:
+    """20 good frames plus one of each kind of bad input."""
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    labels = pd.read_csv(synth_raw / "labels.csv").head(20)
+    for name in labels["path"]:
+        shutil.copy(synth_raw / name, raw / name)
+    good = (synth_raw / labels["path"][0]).read_bytes()
+    (raw / "zero.png").write_bytes(b"")
+    (raw / "truncated.png").write_bytes(good[: len(good) // 2])
+    (raw / "corrupt.png").write_bytes(good[:64] + bytes(range(256)) * 8)
+    (raw / "notes.txt").write_text("operator notes, not an image")
+    (raw / "tiny.png").write_bytes(_png_of(np.zeros((8, 8), np.uint8)))
+    (raw / "zz_copy_of_first.png").write_bytes(good)
+    labels.to_csv(raw / "labels.csv", index=False)
+    return raw
+
+
+def _png_of(array: np.ndarray) -> bytes:
+    import torch
+    from torchvision.io import encode_png
+    return encode_png(torch.from_numpy(array)[None]).numpy().tobytes()
+
+
+def test_bad_inputs_are_quarantined_with_reasons_and_raw_is_untouched(messy_raw: Path, tmp_path: Path):
+    before = tree_digest(messy_raw)
+    result = ingest(messy_raw, tmp_path / "work", messy_raw / "labels.csv", IngestConfig(image_size=64))
+    assert tree_digest(messy_raw) == before
+    assert result.n_new == 20
+    quarantine = pd.read_csv(WorkDirs(tmp_path / "work").quarantine, keep_default_na=False).set_index("path")
+    reasons = quarantine["reason"].to_dict()
+    assert reasons["zero.png"].startswith("empty file")
+    assert reasons["truncated.png"].startswith("truncated PNG")
+    assert "not a decodable image" in reasons["corrupt.png"] or "truncated" in reasons["corrupt.png"]
+    assert reasons["notes.txt"].startswith("not a decodable image")
+    assert reasons["tiny.png"].startswith("too small")
+    assert reasons["zz_copy_of_first.png"].startswith("duplicate of")
+    assert set(quarantine.columns) >= {"sha256", "reason"}
+    leftovers = [p for p in (tmp_path / "work").rglob("*.tmp")]
+    assert leftovers == []
+
+
+def test_manifest_contract_and_grouped_splits(synth_raw: Path, tmp_path: Path):
+    ingest(synth_raw, tmp_path, synth_raw / "labels.csv", IngestConfig(image_size=64))
+    manifest = pd.read_csv(WorkDirs(tmp_path).manifest, keep_default_na=False)
+    assert list(manifest.columns)[:10] == ["crop_id", "source_path", "source_sha256", "bbox", "panel_id", "label",
+                                           "split", "width", "height", "ingested_at"]
+    assert len(manifest) == 120 and manifest["crop_id"].is_unique
+    assert manifest.groupby("panel_id")["split"].nunique().max() == 1
+    assert set(manifest.loc[manifest["label"] != "ok", "split"]) <= {"val", "test"}
+    train = load_split(WorkDirs(tmp_path).manifest, ["train"], trainable_only=True)
+    assert len(train) > 0 and set(train["label"]) == {"ok"}
+    for _, row in manifest.head(5).iterrows():
+        assert (WorkDirs(tmp_path).crops / row["crop_path"]).exists()
+        assert (row["width"], row["height"]) == ("64", "64") or (row["width"], row["height"]) == (64, 64)
+
+
+def test_reingest_processes_only_new_files(synth_raw: Path, tmp_path: Path):
+    raw = tmp_path / "raw"
+    shutil.copytree(synth_raw, raw)
+    (raw / "frame_011_00119.png").rename(tmp_path / "held_back.png")
+    first = ingest(raw, tmp_path / "w", raw / "labels.csv", IngestConfig(image_size=64))
+    splits = pd.read_csv(WorkDirs(tmp_path / "w").manifest).set_index("crop_id")["split"]
+    shutil.copy(tmp_path / "held_back.png", raw / "frame_011_00119.png")
+    second = ingest(raw, tmp_path / "w", raw / "labels.csv", IngestConfig(image_size=64))
+    assert (first.n_new, second.n_new, second.n_skipped) == (119, 1, 119)
+    after = pd.read_csv(WorkDirs(tmp_path / "w").manifest).set_index("crop_id")["split"]
+    assert after[splits.index].equals(splits)  # nobody changed split
+
+
+def test_auto_crop_matches_true_panel_box(synth_raw: Path):
+    panels = pd.read_csv(synth_raw / "panels.csv")
+    ious = [box_iou(locate_panel(decode_file(synth_raw / p).pixels), tuple(map(int, b.split(","))))
+            for p, b in zip(panels["path"], panels["panel_box"])]
+    assert np.mean(ious) >= 0.9, np.mean(ious)
+
+
+def test_roi_and_none_crop_modes(synth_raw: Path, tmp_path: Path):
+    roi = ingest(synth_raw, tmp_path / "roi", None, IngestConfig(image_size=32, crop="roi", roi=(10, 20, 110, 120)))
+    manifest = pd.read_csv(roi.manifest_path)
+    assert set(manifest["bbox"]) == {"10,20,110,120"} and set(manifest["split"]) == {"unlabelled"}
+    none = ingest(synth_raw, tmp_path / "none", None, IngestConfig(image_size=32, crop="none"))
+    assert set(pd.read_csv(none.manifest_path)["bbox"]) == {"0,0,256,256"}
+
+
+def test_labels_file_problems_are_clear(tmp_path: Path):
+    bad = tmp_path / "labels.csv"
+    bad.write_text("file,class\na.png,ok\n")
+    with pytest.raises(LabelsError, match="labels.csv.*lacks column"):
+        load_labels(bad)
+    bad.write_text("path,label\na.png,ok\na.png,crack\n")
+    with pytest.raises(LabelsError, match="conflicting labels"):
+        load_labels(bad)
