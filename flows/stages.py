@@ -7,6 +7,7 @@ from datetime import date
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
+from tqdm.auto import tqdm
 
 from pipeline import stages
 from pipeline.config import PanelConfig
@@ -18,9 +19,23 @@ def _config(config: dict | None) -> PanelConfig:
     return PanelConfig.from_dict(config or {})
 
 
+class _Bar:
+    """A tqdm progress bar as a pipeline Progress callback (done, total)."""
+
+    def __init__(self, desc: str) -> None:
+        self.desc, self.bar = desc, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, unit="img")
+        self.bar.update(done - self.bar.n)
+        if done == total:
+            self.bar.close()
+
+
 @task(retries=2, retry_delay_seconds=2)
 def ingest_task(raw: str, workdir: str, labels: str | None, config: dict | None) -> IngestResult:
-    return ingest(Path(raw), Path(workdir), Path(labels) if labels else None, _config(config).ingest)
+    return ingest(Path(raw), Path(workdir), Path(labels) if labels else None, _config(config).ingest, _Bar("ingest"))
 
 
 @task
@@ -38,7 +53,7 @@ def calibrate_task(workdir: str, config: dict | None, model_version: str | None,
 def score_task(raw: str, workdir: str, config: dict | None, model_ref: str, out: str | None,
                day: str | None) -> stages.ScoreOutcome:
     return stages.score_stage(Path(raw), Path(workdir), _config(config), model_ref, Path(out) if out else None,
-                              date.fromisoformat(day) if day else None)
+                              date.fromisoformat(day) if day else None, _Bar("score"))
 
 
 @flow(name="synth")

@@ -14,7 +14,7 @@ from pipeline.images import to_uint8, write_png
 
 REPORT_COLUMNS = ["image_path", "crop_id", "panel_id", "score", "threshold", "flagged", "severity", "region",
                   "heatmap_path", "score_name", "model_name", "model_version", "scored_at"]
-REPORT_KEY = ["image_path", "crop_id", "model_version"]
+REPORT_KEY = ["image_path", "crop_id"]  # one row per image; the latest scoring wins
 
 
 def heatmap_overlay(crop: torch.Tensor, heat: torch.Tensor, region: tuple[int, int, int, int] | None) -> torch.Tensor:
@@ -33,8 +33,8 @@ def save_heatmap(path: Path, crop: torch.Tensor, heat: torch.Tensor, region: tup
 
 
 def merge_report(day_dir: Path, new_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Merge rows into day_dir/scores.csv (one row per image, crop and model version; the latest
-    scoring wins) and rewrite flagged.csv; both atomically. Returns (scores, flagged)."""
+    """Merge rows into day_dir/scores.csv (one row per image content; a re-run replaces its rows)
+    and rewrite flagged.csv; both atomically. Returns (scores, flagged)."""
     day_dir = Path(day_dir)
     scores_path = day_dir / "scores.csv"
     frames = [new_rows[REPORT_COLUMNS]]

@@ -33,3 +33,9 @@ def test_strongest_region_maps_back_to_source_coordinates():
 def test_heatmap_overlay_is_rgb_uint8():
     image = heatmap_overlay(torch.zeros(1, 32, 32, dtype=torch.uint8), torch.rand(32, 32), (2, 2, 8, 8))
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
+
+
+def test_rescoring_with_a_new_model_replaces_rows(tmp_path):
+    merge_report(tmp_path, _rows([0.5, 3.0], version="1"))
+    scores, _ = merge_report(tmp_path, _rows([0.4, 2.0], version="2"))
+    assert len(scores) == 2 and set(scores["model_version"].astype(str)) == {"2"}
