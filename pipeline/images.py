@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_image, encode_png
 
 from pipeline.files import atomic_write_bytes, sha256_bytes
@@ -31,6 +33,17 @@ def _jpeg_is_complete(data: bytes) -> bool:
     return data.rstrip(b"\x00").endswith(b"\xff\xd9")
 
 
+def _check_declared_size(data: bytes, max_pixels: int) -> None:
+    """Reject decompression bombs from the header alone, before decoding a single pixel."""
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            width, height = header.size
+    except (OSError, Image.DecompressionBombError, ValueError):
+        return  # not something PIL can size; the decoder gives the reason
+    if width * height > max_pixels:
+        raise ImageRejected(f"too large: {width}x{height} exceeds {max_pixels} pixels (decompression-bomb guard)")
+
+
 def decode_file(path: Path, min_side: int = 32, max_pixels: int = 50_000_000) -> DecodedImage:
     """Read and decode one file to grayscale uint8, or raise ImageRejected with the reason."""
     try:
@@ -43,6 +56,7 @@ def decode_file(path: Path, min_side: int = 32, max_pixels: int = 50_000_000) ->
         raise ImageRejected("truncated PNG (no IEND chunk)")
     if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
         raise ImageRejected("truncated JPEG (no end-of-image marker)")
+    _check_declared_size(data, max_pixels)
     try:
         pixels = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.GRAY)
     except (RuntimeError, ValueError) as exc:

@@ -21,7 +21,8 @@ from pipeline.train import train_model
 from tests.conftest import small_config
 
 
-def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path):
+def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys):
+    from flows.cli import main
     from flows.stages import pipeline_flow, score_flow
 
     cfg = small_config().to_dict()
@@ -29,6 +30,10 @@ def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path):
     generate(inbox, n=16, seed=99)
     (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with prefect_test_harness(server_startup_timeout=120):
+        # before any model exists, scoring fails with one clear line and a non-zero exit code
+        assert main(["score", "--raw", str(inbox), "--workdir", str(tmp_path / "work")]) == 1
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert error.startswith("panelscan score: error:") and "no version with alias 'champion'" in error
         outcome = pipeline_flow(str(synth_raw), str(synth_raw / "labels.csv"), str(tmp_path / "work"), cfg)
         first = score_flow(str(inbox), str(tmp_path / "work"), cfg, day="2026-01-02")
         again = score_flow(str(inbox), str(tmp_path / "work"), cfg, day="2026-01-02")

@@ -107,3 +107,11 @@ def test_labels_file_problems_are_clear(tmp_path: Path):
     bad.write_text("path,label\na.png,ok\na.png,crack\n")
     with pytest.raises(LabelsError, match="conflicting labels"):
         load_labels(bad)
+
+
+def test_huge_declared_size_is_rejected_before_decoding(tmp_path: Path):
+    from pipeline.images import ImageRejected
+    big = tmp_path / "bomb.png"
+    big.write_bytes(_png_of(np.zeros((300, 400), np.uint8)))
+    with pytest.raises(ImageRejected, match="too large: 400x300"):
+        decode_file(big, max_pixels=100_000)
