@@ -27,6 +27,8 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", choices=["convvae"], help="model family (default: convvae)")
     p.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
     p.add_argument("--beta", type=float, help="β, the KL weight")
+    p.add_argument("--beta-schedule", choices=["constant", "linear", "cyclical"])
+    p.add_argument("--free-bits", type=float, help="per-dimension KL floor in nats")
     p.add_argument("--latent-dim", type=int)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int)
@@ -66,6 +68,7 @@ def build_config(args: argparse.Namespace) -> PanelConfig:
     cfg = PanelConfig.load(getattr(args, "config", None))
     cfg = cfg.replace("ingest", crop=getattr(args, "crop", None), image_size=getattr(args, "image_size", None))
     cfg = cfg.replace("model", model_type=getattr(args, "model", None), beta=getattr(args, "beta", None),
+                      beta_schedule=getattr(args, "beta_schedule", None), free_bits=getattr(args, "free_bits", None),
                       latent_dim=getattr(args, "latent_dim", None))
     cfg = cfg.replace("train", epochs=getattr(args, "epochs", None), device=getattr(args, "device", None),
                       seed=getattr(args, "seed", None))

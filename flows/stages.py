@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from pipeline import stages
 from pipeline.config import PanelConfig
 from pipeline.ingest import IngestResult, ingest
+from pipeline.tracking import COLLAPSE_WARNING
 from pipeline.synth import generate
 
 
@@ -75,6 +76,8 @@ def ingest_flow(raw: str = "data/raw", workdir: str = "data", labels: str | None
 @flow(name="train")
 def train_flow(workdir: str = "data", config: dict | None = None) -> stages.TrainOutcome:
     outcome = train_task(workdir, config)
+    if outcome.collapsed:
+        get_run_logger().warning(COLLAPSE_WARNING)
     get_run_logger().info("trained on %s in %.0fs (best epoch %d of %d); registered version %s (run %s)",
                           outcome.device, outcome.seconds, outcome.best_epoch, outcome.epochs_run,
                           outcome.model_version, outcome.run_id)

@@ -30,6 +30,10 @@ class ModelConfig:
     latent_dim: int = 64
     channels: tuple[int, ...] = (32, 64, 128, 128)
     beta: float = 1.0
+    beta_schedule: Literal["constant", "linear", "cyclical"] = "constant"
+    beta_warmup_epochs: int = 10  # linear: β reaches its value at this epoch
+    beta_cycle_epochs: int = 10  # cyclical: cycle length; β ramps up over the first half of each
+    free_bits: float = 0.0  # nats per latent dimension: KL below this floor is not penalised
     # Gaussian decoder std-dev in [0,1] pixel units. recon = SSE / (2 sigma^2), so beta=1 is a true
     # ELBO and beta means the same at every image size (both terms are nats per image).
     recon_sigma: float = 0.1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ from pipeline.ingest import (Progress, WorkDirs, list_inputs, load_split, prepar
                              record_quarantine)
 from pipeline.report import REPORT_COLUMNS, merge_report, save_heatmap
 from pipeline.scoring import ScoredBatch, score_crops, strongest_region
-from pipeline.train import dataset_hash, load_crops, train_model
+from pipeline.train import ACTIVE_UNIT_KL, dataset_hash, load_crops, train_model
 
 LATEST_TRAIN = "latest_train.json"
 
@@ -38,6 +39,7 @@ class TrainOutcome:
     epochs_run: int
     seconds: float
     device: str
+    collapsed: bool
 
 
 def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True) -> TrainOutcome:
@@ -56,8 +58,12 @@ def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True) -> Train
         result = train_model(train_x, val_x, cfg, on_epoch=tracking.log_epoch, progress=progress)
         mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
         mlflow.set_tags({"device": result.device, "stopped_early": str(result.stopped_early).lower()})
+        tracking.log_latent_diagnostics(result.kl_per_dim, ACTIVE_UNIT_KL, result.collapsed)
+        if result.collapsed:
+            warnings.warn(tracking.COLLAPSE_WARNING, stacklevel=2)
         version = tracking.log_model(result.model, val_x[:2].float() / 255.0, cfg)
-    outcome = TrainOutcome(run.info.run_id, version, result.best_epoch, len(result.history), result.seconds, result.device)
+    outcome = TrainOutcome(run.info.run_id, version, result.best_epoch, len(result.history), result.seconds,
+                           result.device, result.collapsed)
     atomic_write_text(Path(workdir) / LATEST_TRAIN, json.dumps(outcome.__dict__, indent=2))
     return outcome
 

@@ -54,7 +54,8 @@ def experiment_id(name: str, cfg: TrackingConfig) -> str:
 
 def train_params(cfg: PanelConfig, data_hash: str, n_train: int, n_val: int) -> dict[str, Any]:
     m, t = cfg.model, cfg.train
-    return dict(model_type=m.model_type, beta=m.beta, beta_schedule="constant", latent_dim=m.latent_dim,
+    return dict(model_type=m.model_type, beta=m.beta, beta_schedule=m.beta_schedule, free_bits=m.free_bits,
+                beta_warmup_epochs=m.beta_warmup_epochs, beta_cycle_epochs=m.beta_cycle_epochs, latent_dim=m.latent_dim,
                 channels=",".join(map(str, m.channels)), recon_sigma=m.recon_sigma, image_size=cfg.ingest.image_size,
                 crop=cfg.ingest.crop, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
                 patience=t.patience, dataset_hash=data_hash, n_train=n_train, n_val=n_val)
@@ -62,6 +63,27 @@ def train_params(cfg: PanelConfig, data_hash: str, n_train: int, n_val: int) -> 
 
 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
     mlflow.log_metrics(metrics, step=epoch)
+
+
+def log_latent_diagnostics(kl_per_dim: list[float], active_floor: float, collapsed: bool) -> None:
+    """KL per latent dimension as a table and a plot; the collapse alarm as a tag."""
+    import pandas as pd
+
+    from pipeline.plots import kl_per_dim_figure
+
+    table = pd.DataFrame({"dim": range(len(kl_per_dim)), "kl": kl_per_dim})
+    table["active"] = table["kl"] > active_floor
+    mlflow.log_text(table.to_csv(index=False), "latent/kl_per_dim.csv")
+    figure = kl_per_dim_figure(kl_per_dim, active_floor)
+    mlflow.log_figure(figure, "latent/kl_per_dim.png")
+    figure.clf()
+    mlflow.set_tag("collapse", str(collapsed).lower())
+    if collapsed:
+        mlflow.set_tag("collapse.warning", COLLAPSE_WARNING)
+
+
+COLLAPSE_WARNING = ("posterior collapse: every latent dimension's KL is below the active-unit floor; "
+                    "the decoder ignores z. Lower beta, use a warm-up/cyclical schedule or free bits.")
 
 
 def _signature(image_size: int) -> ModelSignature:

@@ -18,12 +18,12 @@ from torch import nn
 from torchvision.io import decode_png, read_file
 from tqdm.auto import tqdm
 
-from pipeline.config import PanelConfig, TrainConfig
-from pipeline.models import build_model, vae_loss_terms
+from pipeline.config import ModelConfig, PanelConfig, TrainConfig
+from pipeline.models import build_model, kl_per_dim, vae_loss_terms
 from pipeline.scoring import fit_error_reference
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-ACTIVE_UNIT_KL = 0.01  # nats: a latent dimension carrying less KL than this is inactive
+ACTIVE_UNIT_KL = 0.1  # nats (~0.14 bits): a latent dimension carrying less KL than this is inactive
 
 
 def pick_device(requested: str) -> torch.device:
@@ -51,6 +51,28 @@ def dataset_hash(rows: pd.DataFrame) -> str:
     return hashlib.sha256("\n".join(sorted(rows["crop_id"])).encode()).hexdigest()[:16]
 
 
+def beta_at(epoch: int, cfg: ModelConfig) -> float:
+    """β for a 1-based epoch. constant: β. linear: β·min(1, epoch / warmup).
+    cyclical (Fu et al. 2019): in each cycle of C epochs, β ramps linearly from β/(C/2)
+    to β over the first half, then holds β."""
+    if cfg.beta_schedule == "constant":
+        return cfg.beta
+    if cfg.beta_schedule == "linear":
+        return cfg.beta * min(1.0, epoch / max(1, cfg.beta_warmup_epochs))
+    if cfg.beta_schedule == "cyclical":
+        position = (epoch - 1) % cfg.beta_cycle_epochs + 1
+        return cfg.beta * min(1.0, position / max(1.0, cfg.beta_cycle_epochs / 2))
+    raise ValueError(f"unknown beta_schedule {cfg.beta_schedule!r} (constant, linear or cyclical)")
+
+
+def free_bits_kl(kl: torch.Tensor, floor: float) -> torch.Tensor:
+    """KL term for the loss, per image: each dimension's batch-mean KL is raised to the floor
+    (Kingma et al. 2016), so dimensions under it get no gradient towards the prior."""
+    if floor <= 0:
+        return kl.sum(dim=1)
+    return kl.mean(dim=0).clamp(min=floor).sum().expand(kl.shape[0])
+
+
 def augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """Shifts and brightness changes that keep a clean panel clean (no flips: layouts are fixed)."""
     if cfg.max_shift:
@@ -70,6 +92,19 @@ class TrainResult:
     stopped_early: bool = False
     device: str = "cpu"
     seconds: float = 0.0
+    kl_per_dim: list[float] = field(default_factory=list)  # mean KL per latent dim on val, best model
+    collapsed: bool = False  # posterior collapse: no latent dimension carries information
+
+
+@torch.inference_mode()
+def validation_kl_per_dim(model: nn.Module, val_x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Mean KL per latent dimension over clean validation crops (model on CPU, eval mode)."""
+    total = None
+    for start in range(0, len(val_x), batch_size):
+        mu, logvar = model.encode(val_x[start:start + batch_size].float() / 255.0)
+        part = kl_per_dim(mu, logvar).sum(dim=0)
+        total = part if total is None else total + part
+    return total / len(val_x)
 
 
 def _epoch_pass(model: nn.Module, data: torch.Tensor, cfg: PanelConfig, beta: float, device: torch.device,
@@ -89,7 +124,7 @@ def _epoch_pass(model: nn.Module, data: torch.Tensor, cfg: PanelConfig, beta: fl
             out = model.sample_forward(x)
             recon, kl = vae_loss_terms(x, out, cfg.model.recon_sigma)
             # Per-pixel scale keeps the learning rate meaningful at any image size.
-            loss = (recon + beta * kl.sum(dim=1)).mean() / n_pixels
+            loss = (recon + beta * free_bits_kl(kl, cfg.model.free_bits)).mean() / n_pixels
         if training:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -121,7 +156,7 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig,
     start, stale = time.perf_counter(), 0
     bar = tqdm(range(1, tc.epochs + 1), desc=f"train {cfg.model.model_type} on {device}", unit="epoch", disable=not progress)
     for epoch in bar:
-        beta = cfg.model.beta
+        beta = beta_at(epoch, cfg.model)
         train_m = _epoch_pass(model, train_x, cfg, beta, device, optimizer, generator)
         with torch.no_grad():
             val_m = _epoch_pass(model, val_x, cfg, beta, device, None, generator)
@@ -145,5 +180,8 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig,
     model.load_state_dict(best_state)
     result.model = model.cpu().eval()
     fit_error_reference(result.model, train_x)
+    kl_dims = validation_kl_per_dim(result.model, val_x)
+    result.kl_per_dim = kl_dims.tolist()
+    result.collapsed = bool((kl_dims <= ACTIVE_UNIT_KL).all())
     result.seconds = time.perf_counter() - start
     return result

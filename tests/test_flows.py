@@ -50,6 +50,10 @@ def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys)
     assert {"train/recon", "train/kl", "train/beta", "val/recon", "val/kl", "eval/roc_auc"} <= set(run.data.metrics)
     assert len(client.get_metric_history(version.run_id, "train/kl")) == 3  # one point per epoch
     assert version.tags["threshold_rule"] == "max-f1" and version.tags["model_type"] == "convvae"
+    latent = {a.path for a in client.list_artifacts(version.run_id, "latent")}
+    assert latent == {"latent/kl_per_dim.csv", "latent/kl_per_dim.png"}
+    kl_table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="latent/kl_per_dim.csv"))
+    assert len(kl_table) == 16 and run.data.tags["collapse"] == str(not kl_table["active"].any()).lower()
     score_runs = mlflow.search_runs(experiment_names=["panel-score"])
     assert len(score_runs) == 2 and (score_runs["metrics.n_scored"] == 16).all()
     # the report: every image exactly once, flagged sorted and over threshold, broken file quarantined

@@ -1,0 +1,24 @@
+import json
+
+from flows.cli import build_config, parser
+
+
+def test_options_and_config_file_override_defaults(tmp_path):
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps({"ingest": {"crop": "roi", "roi": [1, 2, 30, 40]}, "train": {"lr": 0.01}}))
+    args = parser().parse_args(["pipeline", "--raw", "r", "--config", str(config), "--epochs", "7",
+                                "--beta", "0.5", "--beta-schedule", "cyclical", "--free-bits", "0.2"])
+    cfg = build_config(args)
+    assert cfg.ingest.roi == (1, 2, 30, 40) and cfg.ingest.crop == "roi" and cfg.train.lr == 0.01
+    assert (cfg.train.epochs, cfg.model.beta, cfg.model.beta_schedule, cfg.model.free_bits) == (7, 0.5, "cyclical", 0.2)
+    assert cfg.train.device == "auto"  # untouched defaults stay
+
+
+def test_unknown_config_keys_are_named(tmp_path):
+    import pytest
+
+    from pipeline.config import PanelConfig
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"train": {"epoch": 3}}))
+    with pytest.raises(ValueError, match=r"bad.json.*unknown config keys in \[train\]: \['epoch'\]"):
+        PanelConfig.load(bad)
