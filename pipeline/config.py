@@ -97,10 +97,9 @@ class PanelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "PanelConfig":
-        sections = {f.name: f.type for f in dataclasses.fields(cls)}
-        kwargs = {}
-        for name in sections:
-            section_cls = type(getattr(cls(), name))
+        defaults, kwargs = cls(), {}
+        for name in (f.name for f in dataclasses.fields(cls)):
+            section_cls = type(getattr(defaults, name))
             values = dict(data.get(name, {}))
             for f in dataclasses.fields(section_cls):
                 if isinstance(values.get(f.name), list):

@@ -14,6 +14,7 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
@@ -23,6 +24,7 @@ from torch import nn
 
 from pipeline.calibrate import Calibration
 from pipeline.config import PanelConfig, TrackingConfig
+from pipeline.plots import kl_per_dim_figure
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 CONFIG_ARTIFACT, CALIBRATION_ARTIFACT = "config.json", "calibration.json"
@@ -67,10 +69,6 @@ def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
 
 def log_latent_diagnostics(kl_per_dim: list[float], active_floor: float, collapsed: bool) -> None:
     """KL per latent dimension as a table and a plot; the collapse alarm as a tag."""
-    import pandas as pd
-
-    from pipeline.plots import kl_per_dim_figure
-
     table = pd.DataFrame({"dim": range(len(kl_per_dim)), "kl": kl_per_dim})
     table["active"] = table["kl"] > active_floor
     mlflow.log_text(table.to_csv(index=False), "latent/kl_per_dim.csv")
