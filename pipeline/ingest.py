@@ -89,11 +89,12 @@ def prepare(path: Path, cfg: IngestConfig) -> Crop:
     return Crop(Path(path), image.sha256, box, crop_resize(image.pixels, box, cfg.image_size))
 
 
-def prepare_many(paths: Iterable[Path], cfg: IngestConfig, progress: Progress | None = None
-                 ) -> tuple[list[Crop], list[Rejected]]:
-    """prepare() every path; failures become Rejected with a reason, the run goes on."""
+def prepare_many(paths: Iterable[Path], cfg: IngestConfig, progress: Progress | None = None,
+                 known: dict[str, str] | None = None) -> tuple[list[Crop], list[Rejected]]:
+    """prepare() every path; failures become Rejected with a reason, the run goes on. Content
+    already seen (in this batch, or in known: sha256 -> where) is rejected as a duplicate."""
     paths = list(paths)
-    crops, rejected, seen = [], [], {}
+    crops, rejected, seen = [], [], dict(known or {})
     for i, path in enumerate(paths):
         try:
             crop = prepare(path, cfg)
@@ -195,11 +196,7 @@ def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig
     known_sources = set(zip(known["source_path"], known["source_sha256"]))
     candidates = [p for p in list_inputs(raw, cfg) if labels_path is None or p.resolve() != Path(labels_path).resolve()]
     todo = [p for p in candidates if (p.relative_to(raw).as_posix(), _sha_or_blank(p)) not in known_sources]
-    crops, rejected = prepare_many(todo, cfg, progress)
-    known_shas = set(known["source_sha256"])
-    fresh = [c for c in crops if c.source_sha256 not in known_shas]
-    rejected += [Rejected(c.source_path, c.source_sha256, "duplicate of an already ingested file")
-                 for c in crops if c.source_sha256 in known_shas]
+    fresh, rejected = prepare_many(todo, cfg, progress, dict(zip(known["source_sha256"], known["source_path"])))
     new_rows = crop_rows(fresh, raw, labels, dirs.crops)
     manifest = _with_splits(pd.concat([known, new_rows], ignore_index=True).astype(str), cfg)
     atomic_write_csv(dirs.manifest, manifest)
