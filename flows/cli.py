@@ -24,12 +24,17 @@ def _add_ingest(p: argparse.ArgumentParser) -> None:
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=["convvae"], help="model family (default: convvae)")
+    p.add_argument("--model", choices=["convvae", "vqvae"], help="model family (default: convvae)")
     p.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
     p.add_argument("--beta", type=float, help="β, the KL weight")
     p.add_argument("--beta-schedule", choices=["constant", "linear", "cyclical"])
     p.add_argument("--free-bits", type=float, help="per-dimension KL floor in nats")
-    p.add_argument("--latent-dim", type=int)
+    p.add_argument("--latent-dim", type=int, help="convvae: size of z; vqvae: size of each code vector")
+    p.add_argument("--recon-loss", choices=["mse", "bce"], help="reconstruction likelihood (default: mse)")
+    p.add_argument("--codebook-size", type=int, help="vqvae: number of codes (default: 128)")
+    p.add_argument("--codebook-update", choices=["ema", "loss"], help="vqvae: EMA or codebook loss (default: ema)")
+    p.add_argument("--workers", type=int, help="DataLoader worker processes (default: 0)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted training run from its checkpoint")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"])
     p.add_argument("--seed", type=int)
 
@@ -69,9 +74,11 @@ def build_config(args: argparse.Namespace) -> PanelConfig:
     cfg = cfg.replace("ingest", crop=getattr(args, "crop", None), image_size=getattr(args, "image_size", None))
     cfg = cfg.replace("model", model_type=getattr(args, "model", None), beta=getattr(args, "beta", None),
                       beta_schedule=getattr(args, "beta_schedule", None), free_bits=getattr(args, "free_bits", None),
-                      latent_dim=getattr(args, "latent_dim", None))
+                      latent_dim=getattr(args, "latent_dim", None), recon_loss=getattr(args, "recon_loss", None),
+                      codebook_size=getattr(args, "codebook_size", None),
+                      codebook_update=getattr(args, "codebook_update", None))
     cfg = cfg.replace("train", epochs=getattr(args, "epochs", None), device=getattr(args, "device", None),
-                      seed=getattr(args, "seed", None))
+                      seed=getattr(args, "seed", None), loader_workers=getattr(args, "workers", None))
     return cfg
 
 
@@ -86,8 +93,8 @@ def run(args: argparse.Namespace) -> str:
         r = f.ingest_flow(args.raw, args.workdir, args.labels, config)
         return f"manifest: {r.manifest_path} ({r.n_new} new, {r.n_quarantined} quarantined, splits {r.split_counts})"
     if args.command == "train":
-        r = f.train_flow(args.workdir, config)
-        return f"registered panel-anomaly version {r.model_version} (run {r.run_id})"
+        r = f.train_flow(args.workdir, config, args.resume)
+        return f"registered panel-anomaly version {r.model_version} ({r.model_type}, run {r.run_id})"
     if args.command == "calibrate":
         r = f.calibrate_flow(args.workdir, config, args.model_version, args.rule)
         return _calibration_line(r)
@@ -96,7 +103,7 @@ def run(args: argparse.Namespace) -> str:
         return (f"report: {r.report_dir}/flagged.csv ({r.n_flagged} of {r.n_scored} images flagged by "
                 f"panel-anomaly v{r.model_version}; {r.n_quarantined} quarantined)")
     if args.command == "pipeline":
-        return _calibration_line(f.pipeline_flow(args.raw, args.labels, args.workdir, config))
+        return _calibration_line(f.pipeline_flow(args.raw, args.labels, args.workdir, config, args.resume))
     raise ValueError(f"unknown command {args.command}")
 
 

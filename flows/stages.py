@@ -12,7 +12,6 @@ from tqdm.auto import tqdm
 from pipeline import stages
 from pipeline.config import PanelConfig
 from pipeline.ingest import IngestResult, ingest
-from pipeline.tracking import COLLAPSE_WARNING
 from pipeline.synth import generate
 
 
@@ -40,8 +39,8 @@ def ingest_task(raw: str, workdir: str, labels: str | None, config: dict | None)
 
 
 @task
-def train_task(workdir: str, config: dict | None) -> stages.TrainOutcome:
-    return stages.train_stage(Path(workdir), _config(config))
+def train_task(workdir: str, config: dict | None, resume: bool) -> stages.TrainOutcome:
+    return stages.train_stage(Path(workdir), _config(config), resume=resume)
 
 
 @task(retries=1, retry_delay_seconds=2)
@@ -74,12 +73,14 @@ def ingest_flow(raw: str = "data/raw", workdir: str = "data", labels: str | None
 
 
 @flow(name="train")
-def train_flow(workdir: str = "data", config: dict | None = None) -> stages.TrainOutcome:
-    outcome = train_task(workdir, config)
+def train_flow(workdir: str = "data", config: dict | None = None, resume: bool = False) -> stages.TrainOutcome:
+    """Train on a CPU or GPU worker; resume=True continues an interrupted run from its checkpoint."""
+    outcome = train_task(workdir, config, resume)
     if outcome.collapsed:
-        get_run_logger().warning(COLLAPSE_WARNING)
-    get_run_logger().info("trained on %s in %.0fs (best epoch %d of %d); registered version %s (run %s)",
-                          outcome.device, outcome.seconds, outcome.best_epoch, outcome.epochs_run,
+        get_run_logger().warning(outcome.warning)
+    get_run_logger().info("trained %s on %s in %.0fs (best epoch %d of %d%s); registered version %s (run %s)",
+                          outcome.model_type, outcome.device, outcome.seconds, outcome.best_epoch, outcome.epochs_run,
+                          f", resumed after epoch {outcome.resumed_from}" if outcome.resumed_from else "",
                           outcome.model_version, outcome.run_id)
     return outcome
 
@@ -110,8 +111,8 @@ def score_flow(raw: str, workdir: str = "data", config: dict | None = None, mode
 
 @flow(name="pipeline")
 def pipeline_flow(raw: str = "data/raw", labels: str | None = None, workdir: str = "data",
-                  config: dict | None = None) -> stages.CalibrateOutcome:
+                  config: dict | None = None, resume: bool = False) -> stages.CalibrateOutcome:
     """ingest -> train -> calibrate -> promote; writes <workdir>/calibration.json."""
     ingest_flow(raw, workdir, labels, config)
-    outcome = train_flow(workdir, config)
+    outcome = train_flow(workdir, config, resume)
     return calibrate_flow(workdir, config, outcome.model_version)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 CropMode = Literal["auto", "roi", "none"]
-ScoreName = Literal["mse", "topk_mean", "blur_max", "norm_blur_max", "elbo"]
+ScoreName = Literal["mse", "topk_mean", "blur_max", "norm_blur_max", "elbo", "codebook_dist"]
 
 
 @dataclass(frozen=True)
@@ -26,9 +26,10 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model_type: Literal["convvae"] = "convvae"
-    latent_dim: int = 64
-    channels: tuple[int, ...] = (32, 64, 128, 128)
+    model_type: Literal["convvae", "vqvae"] = "convvae"
+    latent_dim: int = 64  # convvae: size of z; vqvae: size of each code vector
+    channels: tuple[int, ...] = (32, 64, 128, 128)  # conv widths; depth = len (each stage halves the side)
+    recon_loss: Literal["mse", "bce"] = "mse"  # Gaussian (σ = recon_sigma) or Bernoulli decoder
     beta: float = 1.0
     beta_schedule: Literal["constant", "linear", "cyclical"] = "constant"
     beta_warmup_epochs: int = 10  # linear: β reaches its value at this epoch
@@ -37,6 +38,12 @@ class ModelConfig:
     # Gaussian decoder std-dev in [0,1] pixel units. recon = SSE / (2 sigma^2), so beta=1 is a true
     # ELBO and beta means the same at every image size (both terms are nats per image).
     recon_sigma: float = 0.1
+    # VQ-VAE only
+    codebook_size: int = 128
+    codebook_update: Literal["ema", "loss"] = "ema"  # EMA of assigned vectors, or codebook loss + gradient
+    ema_decay: float = 0.99
+    commitment_cost: float = 0.25  # weight of ||z - sg[e]||² (van den Oord et al.)
+    dead_code_threshold: float = 0.05  # restart codes whose share of assignments < this / codebook_size
 
 
 @dataclass(frozen=True)
@@ -52,6 +59,8 @@ class TrainConfig:
     max_shift: int = 3  # augmentation: random shift in pixels (keeps clean images clean)
     brightness: float = 0.08  # augmentation: multiplicative gain range +-
     num_threads: int = 0  # 0: torch default
+    loader_workers: int = 0  # DataLoader worker processes; crops are already decoded in memory, so 0 suits CPU
+    checkpoint: bool = True  # save <workdir>/checkpoints/<model_type>.pt every epoch (for --resume)
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """Error maps -> image scores and heatmaps. The one inference path for calibration and scoring.
 
-The model is anything that maps a float (B, 1, S, S) batch in [0, 1] to (reconstruction, KL per
-image): the trained ConvVAE or the same network loaded back from the MLflow registry.
+The model is anything that maps a float (B, 1, S, S) batch in [0, 1] to (reconstruction, latent
+score per image, clean error reference): a trained ConvVAE / VQ-VAE or the same network loaded
+back from the MLflow registry.
 """
 
 from __future__ import annotations
@@ -14,10 +15,15 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from pipeline.config import ScoreConfig
+from pipeline.config import ModelConfig, ScoreConfig
+from pipeline.models import latent_score_name, recon_nll
+
+MAP_SCORES = ("mse", "topk_mean", "blur_max", "norm_blur_max")  # from the error map alone
 
 
-SCORE_NAMES = ("mse", "topk_mean", "blur_max", "norm_blur_max", "elbo")
+def score_names(model_type: str) -> tuple[str, ...]:
+    """Candidate scores for a model family: the error-map scores plus its latent score."""
+    return (*MAP_SCORES, latent_score_name(model_type))
 
 
 @dataclass
@@ -35,10 +41,10 @@ def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
     return TF.gaussian_blur(error, [size, size], [sigma, sigma])
 
 
-def score_maps(x: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor, error_ref: torch.Tensor,
-               cfg: ScoreConfig, recon_sigma: float) -> ScoredBatch:
-    """All candidate scores from one batch of inputs, reconstructions, KL terms and the clean
-    error reference. The heatmap is the normalised blurred error: where this image's error
+def score_maps(x: torch.Tensor, recon: torch.Tensor, latent: torch.Tensor, error_ref: torch.Tensor,
+               cfg: ScoreConfig, model_cfg: ModelConfig) -> ScoredBatch:
+    """All candidate scores from one batch of inputs, reconstructions, latent scores (KL or
+    codebook distance per image) and the clean error reference. The heatmap is the normalised blurred error: where this image's error
     exceeds what clean panels show at that pixel (connector edges always reconstruct worse)."""
     error = (x - recon).pow(2)  # (B, 1, S, S)
     flat = error.flatten(1)
@@ -50,26 +56,29 @@ def score_maps(x: torch.Tensor, recon: torch.Tensor, kl: torch.Tensor, error_ref
         "topk_mean": flat.topk(k, dim=1).values.mean(dim=1),
         "blur_max": blur(error, cfg.blur_sigma).flatten(1).amax(dim=1),
         "norm_blur_max": heat.flatten(1).amax(dim=1),
-        "elbo": flat.sum(dim=1) / (2 * recon_sigma**2) + kl,  # negative ELBO, nats up to a constant
     }
+    if model_cfg.model_type == "vqvae":
+        scores["codebook_dist"] = latent  # the farthest encoder vector from its nearest code
+    else:  # negative ELBO in nats (up to a constant), with the recon likelihood the model trained with
+        scores["elbo"] = recon_nll(x, recon, model_cfg.recon_loss, model_cfg.recon_sigma) + latent
     return ScoredBatch({name: s.double().numpy() for name, s in scores.items()}, heat[:, 0])
 
 
 @torch.inference_mode()
-def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, recon_sigma: float,
+def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_cfg: ModelConfig,
                 keep_heatmaps: bool = True) -> ScoredBatch:
     """Score uint8 (N, 1, S, S) crops in batches on CPU; deterministic (the model's μ path)."""
     parts: list[ScoredBatch] = []
     for start in range(0, len(crops), cfg.batch_size):
         x = crops[start:start + cfg.batch_size].float() / 255.0
-        recon, kl, error_ref = model(x)
-        part = score_maps(x, recon.float(), kl.float(), error_ref.float(), cfg, recon_sigma)
+        recon, latent, error_ref = model(x)
+        part = score_maps(x, recon.float(), latent.float(), error_ref.float(), cfg, model_cfg)
         if not keep_heatmaps:
             part.heatmaps = part.heatmaps[:0]
         parts.append(part)
     if not parts:
         size = crops.shape[-1] if crops.ndim == 4 else 0
-        return ScoredBatch({name: np.zeros(0) for name in SCORE_NAMES}, torch.zeros(0, size, size))
+        return ScoredBatch({name: np.zeros(0) for name in score_names(model_cfg.model_type)}, torch.zeros(0, size, size))
     return ScoredBatch({name: np.concatenate([p.scores[name] for p in parts]) for name in parts[0].scores},
                        torch.cat([p.heatmaps for p in parts]))
 

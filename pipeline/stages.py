@@ -26,7 +26,7 @@ from pipeline.ingest import (Progress, WorkDirs, list_inputs, load_split, prepar
                              record_quarantine)
 from pipeline.report import REPORT_COLUMNS, merge_report, save_heatmap
 from pipeline.scoring import ScoredBatch, score_crops, strongest_region
-from pipeline.train import ACTIVE_UNIT_KL, dataset_hash, load_crops, train_model
+from pipeline.train import Checkpointing, dataset_hash, load_crops, read_checkpoint, train_model
 
 LATEST_TRAIN = "latest_train.json"
 
@@ -35,15 +35,23 @@ LATEST_TRAIN = "latest_train.json"
 class TrainOutcome:
     run_id: str
     model_version: str
+    model_type: str
     best_epoch: int
     epochs_run: int
+    resumed_from: int
     seconds: float
     device: str
     collapsed: bool
+    warning: str  # the collapse alarm's message, empty when healthy
 
 
-def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True) -> TrainOutcome:
-    """Train on the clean train split, log everything to MLflow, register a model version."""
+def checkpoint_path(workdir: Path, cfg: PanelConfig) -> Path:
+    return Path(workdir) / "checkpoints" / f"{cfg.model.model_type}.pt"
+
+
+def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True, resume: bool = False) -> TrainOutcome:
+    """Train on the clean train split, log everything to MLflow, register a model version.
+    resume=True continues an interrupted run from its checkpoint, in the same MLflow run."""
     dirs = WorkDirs(Path(workdir))
     train_rows = load_split(dirs.manifest, ["train"], trainable_only=True)
     val_rows = load_split(dirs.manifest, ["val"], trainable_only=True)
@@ -53,17 +61,24 @@ def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True) -> Train
                          f"image_size={cfg.ingest.image_size}; re-run ingest with the same config")
     tracking.configure(cfg.tracking)
     experiment = tracking.experiment_id(cfg.tracking.train_experiment, cfg.tracking)
-    with mlflow.start_run(experiment_id=experiment) as run:
+    ckpt = checkpoint_path(workdir, cfg)
+    saved = read_checkpoint(ckpt) if resume else None
+    run_id = saved["meta"].get("run_id") if saved else None
+    with mlflow.start_run(experiment_id=experiment, run_id=run_id) as run:
         mlflow.log_params(tracking.train_params(cfg, dataset_hash(train_rows), len(train_x), len(val_x)))
-        result = train_model(train_x, val_x, cfg, on_epoch=tracking.log_epoch, progress=progress)
+        mlflow.set_tag("model_type", cfg.model.model_type)
+        checkpointing = Checkpointing(ckpt, resume, {"run_id": run.info.run_id}) if cfg.train.checkpoint else None
+        result = train_model(train_x, val_x, cfg, on_epoch=tracking.log_epoch, progress=progress, checkpoint=checkpointing)
         mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
-        mlflow.set_tags({"device": result.device, "stopped_early": str(result.stopped_early).lower()})
-        tracking.log_latent_diagnostics(result.kl_per_dim, ACTIVE_UNIT_KL, result.collapsed)
+        mlflow.set_tags({"device": result.device, "stopped_early": str(result.stopped_early).lower(),
+                         "resumed_from_epoch": str(result.resumed_from)})
+        tracking.log_latent_report(result.latent)
         if result.collapsed:
-            warnings.warn(tracking.COLLAPSE_WARNING, stacklevel=2)
+            warnings.warn(result.latent.warning, stacklevel=2)
         version = tracking.log_model(result.model, val_x[:2].float() / 255.0, cfg)
-    outcome = TrainOutcome(run.info.run_id, version, result.best_epoch, len(result.history), result.seconds,
-                           result.device, result.collapsed)
+    ckpt.unlink(missing_ok=True)  # registered: nothing left to resume
+    outcome = TrainOutcome(run.info.run_id, version, cfg.model.model_type, result.best_epoch, len(result.history),
+                           result.resumed_from, result.seconds, result.device, result.collapsed, result.latent.warning)
     atomic_write_text(Path(workdir) / LATEST_TRAIN, json.dumps(outcome.__dict__, indent=2))
     return outcome
 
@@ -76,7 +91,7 @@ def latest_trained_version(workdir: Path) -> str:
 
 
 def _score_split(model: torch.nn.Module, rows: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig) -> ScoredBatch:
-    return score_crops(model, load_crops(rows, dirs.crops), cfg.score, cfg.model.recon_sigma, keep_heatmaps=False)
+    return score_crops(model, load_crops(rows, dirs.crops), cfg.score, cfg.model, keep_heatmaps=False)
 
 
 @dataclass(frozen=True)
@@ -160,7 +175,7 @@ def score_stage(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "ch
     day_dir = Path(out or WorkDirs(Path(workdir)).reports) / (day or date.today()).isoformat()
     rows = []
     if crops:
-        scored = score_crops(model, torch.stack([c.pixels for c in crops]), model_cfg.score, model_cfg.model.recon_sigma)
+        scored = score_crops(model, torch.stack([c.pixels for c in crops]), model_cfg.score, model_cfg.model)
         rows = _report_rows(crops, scored, calibration, raw, day_dir, model_cfg)
     new = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     scores, flagged = merge_report(day_dir, new)

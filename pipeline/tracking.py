@@ -24,7 +24,8 @@ from torch import nn
 
 from pipeline.calibrate import Calibration
 from pipeline.config import PanelConfig, TrackingConfig
-from pipeline.plots import kl_per_dim_figure
+from pipeline.models import LatentReport
+from pipeline.plots import latent_figure
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 CONFIG_ARTIFACT, CALIBRATION_ARTIFACT = "config.json", "calibration.json"
@@ -55,40 +56,33 @@ def experiment_id(name: str, cfg: TrackingConfig) -> str:
 
 
 def train_params(cfg: PanelConfig, data_hash: str, n_train: int, n_val: int) -> dict[str, Any]:
-    m, t = cfg.model, cfg.train
-    return dict(model_type=m.model_type, beta=m.beta, beta_schedule=m.beta_schedule, free_bits=m.free_bits,
-                beta_warmup_epochs=m.beta_warmup_epochs, beta_cycle_epochs=m.beta_cycle_epochs, latent_dim=m.latent_dim,
-                channels=",".join(map(str, m.channels)), recon_sigma=m.recon_sigma, image_size=cfg.ingest.image_size,
-                crop=cfg.ingest.crop, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr, seed=t.seed,
-                patience=t.patience, dataset_hash=data_hash, n_train=n_train, n_val=n_val)
+    """Every model and training setting (β, schedule, free bits, codebook, ...) plus the data identity."""
+    model = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in cfg.to_dict()["model"].items()}
+    return {**model, **cfg.to_dict()["train"], "image_size": cfg.ingest.image_size, "crop": cfg.ingest.crop,
+            "dataset_hash": data_hash, "n_train": n_train, "n_val": n_val}
 
 
 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
     mlflow.log_metrics(metrics, step=epoch)
 
 
-def log_latent_diagnostics(kl_per_dim: list[float], active_floor: float, collapsed: bool) -> None:
-    """KL per latent dimension as a table and a plot; the collapse alarm as a tag."""
-    table = pd.DataFrame({"dim": range(len(kl_per_dim)), "kl": kl_per_dim})
-    table["active"] = table["kl"] > active_floor
-    mlflow.log_text(table.to_csv(index=False), "latent/kl_per_dim.csv")
-    figure = kl_per_dim_figure(kl_per_dim, active_floor)
-    mlflow.log_figure(figure, "latent/kl_per_dim.png")
-    figure.clf()
-    mlflow.set_tag("collapse", str(collapsed).lower())
-    if collapsed:
-        mlflow.set_tag("collapse.warning", COLLAPSE_WARNING)
-
-
-COLLAPSE_WARNING = ("posterior collapse: every latent dimension's KL is below the active-unit floor; "
-                    "the decoder ignores z. Lower beta, use a warm-up/cyclical schedule or free bits.")
+def log_latent_report(report: LatentReport) -> None:
+    """KL per latent dimension (VAE) or codebook usage (VQ) as a table and a plot; the collapse
+    alarm as a tag with its warning."""
+    mlflow.log_text(report.table.to_csv(index=False), f"latent/{report.kind}.csv")
+    mlflow.log_figure(latent_figure(report), f"latent/{report.kind}.png")
+    mlflow.log_metrics({f"latent/{k}": v for k, v in report.summary.items()})
+    mlflow.set_tag("collapse", str(report.collapsed).lower())
+    if report.collapsed:
+        mlflow.set_tag("collapse.warning", report.warning)
 
 
 def _signature(image_size: int) -> ModelSignature:
     f32 = np.dtype(np.float32)
     return ModelSignature(inputs=Schema([TensorSpec(f32, (-1, 1, image_size, image_size))]),
                           outputs=Schema([TensorSpec(f32, (-1, 1, image_size, image_size), "recon"),
-                                          TensorSpec(f32, (-1,), "kl")]))
+                                          TensorSpec(f32, (-1,), "latent_score"),
+                                          TensorSpec(f32, (-1, 1, image_size, image_size), "error_ref")]))
 
 
 def log_model(model: nn.Module, example: torch.Tensor, cfg: PanelConfig) -> str:

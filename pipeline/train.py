@@ -1,4 +1,5 @@
-"""The training loop, shared by every model family: device, AMP, augmentation, early stopping.
+"""The training loop, shared by every model family: device, AMP, data loading, augmentation,
+early stopping, checkpoint + resume.
 
 It reports through a callback (epoch, metrics) so this module never imports Prefect or MLflow.
 """
@@ -7,23 +8,27 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import os
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 from torchvision.io import decode_png, read_file
 from tqdm.auto import tqdm
 
 from pipeline.config import ModelConfig, PanelConfig, TrainConfig
-from pipeline.models import build_model, kl_per_dim, vae_loss_terms
+from pipeline.models import LatentReport, build_model
+from pipeline.models.blocks import squared_error
 from pipeline.scoring import fit_error_reference
 
 EpochCallback = Callable[[int, dict[str, float]], None]
-ACTIVE_UNIT_KL = 0.1  # nats (~0.14 bits): a latent dimension carrying less KL than this is inactive
 
 
 def pick_device(requested: str) -> torch.device:
@@ -65,14 +70,6 @@ def beta_at(epoch: int, cfg: ModelConfig) -> float:
     raise ValueError(f"unknown beta_schedule {cfg.beta_schedule!r} (constant, linear or cyclical)")
 
 
-def free_bits_kl(kl: torch.Tensor, floor: float) -> torch.Tensor:
-    """KL term for the loss, per image: each dimension's batch-mean KL is raised to the floor
-    (Kingma et al. 2016), so dimensions under it get no gradient towards the prior."""
-    if floor <= 0:
-        return kl.sum(dim=1)
-    return kl.mean(dim=0).clamp(min=floor).sum().expand(kl.shape[0])
-
-
 def augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
     """Shifts and brightness changes that keep a clean panel clean (no flips: layouts are fixed)."""
     if cfg.max_shift:
@@ -84,63 +81,103 @@ def augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> to
     return x
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where to save the state after every epoch, and whether to continue from it."""
+
+    path: Path
+    resume: bool = False
+    meta: dict[str, str] = field(default_factory=dict)  # caller's notes kept with it (e.g. the MLflow run id)
+
+
 @dataclass
 class TrainResult:
     model: nn.Module  # best weights, eval mode, on CPU
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     stopped_early: bool = False
+    resumed_from: int = 0  # last finished epoch of the checkpoint this run continued (0: fresh)
     device: str = "cpu"
     seconds: float = 0.0
-    kl_per_dim: list[float] = field(default_factory=list)  # mean KL per latent dim on val, best model
-    collapsed: bool = False  # posterior collapse: no latent dimension carries information
+    latent: LatentReport | None = None  # KL per dim (VAE) or codebook usage (VQ) on clean val, best model
+
+    @property
+    def collapsed(self) -> bool:
+        return bool(self.latent and self.latent.collapsed)
 
 
-@torch.inference_mode()
-def validation_kl_per_dim(model: nn.Module, val_x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """Mean KL per latent dimension over clean validation crops (model on CPU, eval mode)."""
-    total = None
-    for start in range(0, len(val_x), batch_size):
-        mu, logvar = model.encode(val_x[start:start + batch_size].float() / 255.0)
-        part = kl_per_dim(mu, logvar).sum(dim=0)
-        total = part if total is None else total + part
-    return total / len(val_x)
+def _loader(data: torch.Tensor, batch_size: int, generator: torch.Generator | None, device: torch.device,
+            workers: int) -> DataLoader:
+    """Whole batches by fancy indexing (no per-image collate); shuffled when a generator is given."""
+    order = RandomSampler(range(len(data)), generator=generator) if generator is not None else SequentialSampler(range(len(data)))
+    return DataLoader(TensorDataset(data), sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
+                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
 
 
-def _epoch_pass(model: nn.Module, data: torch.Tensor, cfg: PanelConfig, beta: float, device: torch.device,
-                optimizer: torch.optim.Optimizer | None, generator: torch.Generator) -> dict[str, float]:
-    """One pass over data; trains when an optimizer is given. Returns mean per-image terms."""
+def _epoch_pass(model: nn.Module, loader: DataLoader, n_images: int, cfg: PanelConfig, beta: float,
+                device: torch.device, optimizer: torch.optim.Optimizer | None, generator: torch.Generator
+                ) -> dict[str, float]:
+    """One pass over the loader; trains when an optimizer is given. Returns mean per-image terms."""
     training = optimizer is not None
     model.train(training)
-    order = torch.randperm(len(data), generator=generator) if training else torch.arange(len(data))
-    sums = {"recon": 0.0, "kl": 0.0, "mse": 0.0}
-    kl_dims = torch.zeros(cfg.model.latent_dim)
-    n_pixels = data[0].numel()
-    for start in range(0, len(data), cfg.train.batch_size):
-        x = data[order[start:start + cfg.train.batch_size]].to(device, non_blocking=True).float() / 255.0
+    sums: dict[str, float] = defaultdict(float)
+    latent = None
+    for (batch,) in loader:
+        x = batch.to(device, non_blocking=True)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        x = x.float() / 255.0
         if training:
             x = augment(x, cfg.train, generator)
         with torch.set_grad_enabled(training), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            out = model.sample_forward(x)
-            recon, kl = vae_loss_terms(x, out, cfg.model.recon_sigma)
+            out = model.training_step(x, beta)
             # Per-pixel scale keeps the learning rate meaningful at any image size.
-            loss = (recon + beta * free_bits_kl(kl, cfg.model.free_bits)).mean() / n_pixels
+            loss = out.objective.mean() / x[0].numel()
         if training:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        sums["recon"] += recon.sum().item()
-        sums["kl"] += kl.sum().item()
-        sums["mse"] += (x - out.recon.float()).pow(2).mean(dim=(1, 2, 3)).sum().item()
-        kl_dims += kl.detach().float().sum(dim=0).cpu()
-    metrics = {k: v / len(data) for k, v in sums.items()}
-    metrics["active_units"] = float((kl_dims / len(data) > ACTIVE_UNIT_KL).sum())
-    return metrics
+        sums["loss"] += out.objective.detach().sum().item()
+        sums["recon"] += out.recon.detach().sum().item()
+        sums["mse"] += squared_error(x, out.recon_image.detach()).sum().item()
+        for name, values in out.terms.items():
+            sums[name] += values.detach().float().sum().item()
+        stats = out.latent_stats.detach().float().cpu()
+        latent = stats if latent is None else latent + stats
+    return {**{k: v / n_images for k, v in sums.items()}, **model.latent_metrics(latent, n_images)}
 
 
-def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig,
-                on_epoch: EpochCallback | None = None, progress: bool = True) -> TrainResult:
-    """Fit a model on clean uint8 crops; early stopping on clean validation reconstruction."""
+def _identity(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the data and every setting that shapes the run."""
+    digest = hashlib.sha256(train_x.numpy().tobytes() + val_x.numpy().tobytes()).hexdigest()
+    train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in ("device", "num_threads", "loader_workers", "checkpoint")}
+    return {"data_sha256": digest, "image_size": cfg.ingest.image_size, "model": cfg.to_dict()["model"], "train": train}
+
+
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """A saved training state, or None when there is none (weights_only: never unpickles code)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which and why
+        raise ValueError(f"{path}: unreadable checkpoint ({exc}); delete it or run without --resume") from exc
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Atomic: a crash while saving leaves the previous epoch's checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on_epoch: EpochCallback | None = None,
+                progress: bool = True, checkpoint: Checkpointing | None = None) -> TrainResult:
+    """Fit a model on clean uint8 crops; early stopping on clean validation reconstruction.
+    With checkpoint, the full state is saved after every epoch; resume=True continues from it
+    (same weights, optimiser, schedule, random streams: the loss curve carries on unchanged)."""
     if len(train_x) == 0 or len(val_x) == 0:
         raise ValueError(f"need clean train and val crops, got {len(train_x)} train and {len(val_x)} val")
     tc = cfg.train
@@ -150,38 +187,69 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig,
     generator = torch.Generator().manual_seed(tc.seed)
     device = pick_device(tc.device)
     model = build_model(cfg.model, cfg.ingest.image_size).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
-    best, best_state, result = float("inf"), None, TrainResult(model=model, device=str(device))
-    start, stale = time.perf_counter(), 0
-    bar = tqdm(range(1, tc.epochs + 1), desc=f"train {cfg.model.model_type} on {device}", unit="epoch", disable=not progress)
+    train_loader = _loader(train_x, tc.batch_size, generator, device, tc.loader_workers)
+    val_loader = _loader(val_x, tc.batch_size, None, device, tc.loader_workers)
+    identity = _identity(train_x, val_x, cfg) if checkpoint else {}
+    best, best_state, result, stale = float("inf"), None, TrainResult(model=model, device=str(device)), 0
+    saved = read_checkpoint(checkpoint.path) if checkpoint and checkpoint.resume else None
+    if saved is not None:
+        if saved["identity"] != identity:
+            raise ValueError(f"{checkpoint.path}: checkpoint was written for other data or settings; "
+                             "run without --resume to start over")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["torch_rng"])
+        generator.set_state(saved["generator_rng"])
+        if device.type == "cuda" and saved.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        best, best_state, stale = saved["best"], saved["best_state"], saved["stale"]
+        result.history, result.best_epoch, result.resumed_from = saved["history"], saved["best_epoch"], saved["epoch"]
+    start = time.perf_counter()
+    first = result.resumed_from + 1
+    bar = tqdm(range(first, tc.epochs + 1), desc=f"train {cfg.model.model_type} on {device}", unit="epoch",
+               disable=not progress, initial=first - 1, total=tc.epochs)
     for epoch in bar:
-        beta = beta_at(epoch, cfg.model)
-        train_m = _epoch_pass(model, train_x, cfg, beta, device, optimizer, generator)
+        if stale >= tc.patience:  # a resumed run that had already stopped early
+            result.stopped_early = True
+            break
+        beta = beta_at(epoch, cfg.model) if model.uses_beta else 0.0
+        train_m = _epoch_pass(model, train_loader, len(train_x), cfg, beta, device, optimizer, generator)
         with torch.no_grad():
-            val_m = _epoch_pass(model, val_x, cfg, beta, device, None, generator)
+            val_m = _epoch_pass(model, val_loader, len(val_x), cfg, beta, device, None, generator)
         scheduler.step()
-        metrics = {"train/loss": train_m["recon"] + beta * train_m["kl"], "train/recon": train_m["recon"],
-                   "train/kl": train_m["kl"], "train/beta": beta, "train/mse": train_m["mse"],
-                   "val/recon": val_m["recon"], "val/kl": val_m["kl"], "val/mse": val_m["mse"],
-                   "active_units": val_m["active_units"], "lr": scheduler.get_last_lr()[0]}
+        metrics = {**{f"train/{k}": v for k, v in train_m.items()}, **{f"val/{k}": v for k, v in val_m.items()},
+                   "lr": scheduler.get_last_lr()[0]}
+        if model.uses_beta:
+            metrics["train/beta"] = beta
+            metrics["active_units"] = val_m["active_units"]  # the headline name analysts know
         result.history.append({"epoch": epoch, **metrics})
-        if on_epoch is not None:
-            on_epoch(epoch, metrics)
-        bar.set_postfix(recon=f"{metrics['train/recon']:.1f}", kl=f"{metrics['train/kl']:.1f}",
-                        val_recon=f"{metrics['val/recon']:.1f}")
         if metrics["val/recon"] < best * (1 - tc.min_delta):
             best, best_state, result.best_epoch, stale = metrics["val/recon"], copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1
-            if stale >= tc.patience:
-                result.stopped_early = True
-                break
+        if checkpoint:
+            _save_checkpoint(checkpoint.path, {
+                "identity": identity, "meta": checkpoint.meta, "epoch": epoch, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(), "generator_rng": generator.get_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
+                "best": best, "best_state": best_state, "best_epoch": result.best_epoch, "stale": stale,
+                "history": result.history})
+        if on_epoch is not None:
+            on_epoch(epoch, metrics)
+        bar.set_postfix({k.replace("train/", ""): f"{metrics[k]:.4g}"
+                         for k in ("train/recon", "train/kl", "train/vq_loss", "val/recon") if k in metrics})
+        if stale >= tc.patience:
+            result.stopped_early = True
+            break
     model.load_state_dict(best_state)
-    result.model = model.cpu().eval()
+    result.model = model.to(memory_format=torch.contiguous_format).cpu().eval()
     fit_error_reference(result.model, train_x)
-    kl_dims = validation_kl_per_dim(result.model, val_x)
-    result.kl_per_dim = kl_dims.tolist()
-    result.collapsed = bool((kl_dims <= ACTIVE_UNIT_KL).all())
+    result.latent = result.model.latent_report(val_x)
     result.seconds = time.perf_counter() - start
     return result

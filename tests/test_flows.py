@@ -77,8 +77,8 @@ def test_registry_model_reproduces_in_memory_scores(tmp_path: Path):
     with mlflow.start_run(experiment_id=tracking.experiment_id("panel-train", cfg.tracking)):
         version = tracking.log_model(result.model, data[:2].float() / 255, cfg)
     loaded = tracking.load_model(cfg.tracking.model_name, version)
-    before = score_crops(result.model, data[32:], cfg.score, cfg.model.recon_sigma)
-    after = score_crops(loaded, data[32:], cfg.score, cfg.model.recon_sigma)
+    before = score_crops(result.model, data[32:], cfg.score, cfg.model)
+    after = score_crops(loaded, data[32:], cfg.score, cfg.model)
     for name in before.scores:
         assert after.scores[name] == pytest.approx(before.scores[name], rel=1e-5), name
     assert tracking.load_config(cfg.tracking.model_name, version) == cfg

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from pipeline.config import ModelConfig
-from pipeline.train import beta_at, free_bits_kl, train_model
+from pipeline.models import free_bits_kl
+from pipeline.train import beta_at, train_model
 from tests.conftest import small_config
 
 
@@ -39,4 +40,5 @@ def test_collapse_alarm_fires_only_when_forced(beta, collapsed):
     cfg = small_config(epochs=6, lr=3e-3).replace("model", beta=beta)
     result = train_model(data[:64], data[64:], cfg, progress=False)
     assert result.collapsed is collapsed
-    assert len(result.kl_per_dim) == cfg.model.latent_dim
+    assert len(result.latent.table) == cfg.model.latent_dim
+    assert bool(result.latent.warning) is collapsed

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
+import pandas as pd
 import torch
 from torch import nn
 
 from pipeline.config import ModelConfig
+from pipeline.models.blocks import (LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll,
+                                    up_stack)
+
+ACTIVE_UNIT_KL = 0.1  # nats (~0.14 bits): a latent dimension carrying less KL than this is inactive
+COLLAPSE_WARNING = ("posterior collapse: every latent dimension's KL is below the active-unit floor; "
+                    "the decoder ignores z. Lower beta, use a warm-up/cyclical schedule or free bits.")
 
 
 def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -15,44 +20,30 @@ def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)
 
 
-@dataclass
-class VAEOutput:
-    """Named outputs of one training forward pass."""
-
-    recon: torch.Tensor  # (B, C, H, W) in [0, 1]
-    mu: torch.Tensor  # (B, D)
-    logvar: torch.Tensor  # (B, D)
-
-
-def _down(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
-
-
-def _up(c_in: int, c_out: int) -> nn.Sequential:
-    return nn.Sequential(nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1), nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
+def free_bits_kl(kl: torch.Tensor, floor: float) -> torch.Tensor:
+    """KL term for the loss, per image: each dimension's batch-mean KL is raised to the floor
+    (Kingma et al. 2016), so dimensions under it get no gradient towards the prior."""
+    if floor <= 0:
+        return kl.sum(dim=1)
+    return kl.mean(dim=0).clamp(min=floor).sum().expand(kl.shape[0])
 
 
 class ConvVAE(nn.Module):
     """β-VAE for square grayscale crops whose side is divisible by 2**len(channels)."""
 
+    uses_beta = True
+
     def __init__(self, cfg: ModelConfig, image_size: int, in_channels: int = 1) -> None:
         super().__init__()
-        depth = len(cfg.channels)
-        if image_size % 2**depth:
-            raise ValueError(f"image_size {image_size} must be divisible by {2**depth} for {depth} conv stages")
-        self.latent_dim, self.recon_sigma = cfg.latent_dim, cfg.recon_sigma
-        self.grid = image_size // 2**depth
+        self.cfg = cfg
+        self.grid = check_size(image_size, len(cfg.channels))
         widths = (in_channels, *cfg.channels)
-        self.encoder = nn.Sequential(*[_down(a, b) for a, b in zip(widths[:-1], widths[1:])], nn.Flatten())
+        self.encoder = nn.Sequential(*down_stack(widths), nn.Flatten())
         flat = cfg.channels[-1] * self.grid**2
         self.to_stats = nn.Linear(flat, 2 * cfg.latent_dim)
         self.from_latent = nn.Linear(cfg.latent_dim, flat)
-        rev = widths[::-1]
-        ups = [_up(a, b) for a, b in zip(rev[:-2], rev[1:-1])]
-        self.decoder = nn.Sequential(*ups, nn.ConvTranspose2d(rev[-2], in_channels, 4, stride=2, padding=1), nn.Sigmoid())
-        # Mean squared error per pixel on clean training crops, set after training. Part of the
-        # exported model, so a registry-loaded model normalises errors exactly as calibration did.
-        self.register_buffer("error_ref", torch.ones(1, in_channels, image_size, image_size))
+        self.decoder = nn.Sequential(*up_stack(widths))
+        self.register_buffer("error_ref", error_reference(in_channels, image_size))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.to_stats(self.encoder(x)).chunk(2, dim=1)
@@ -62,20 +53,36 @@ class ConvVAE(nn.Module):
         h = self.from_latent(z).view(z.shape[0], -1, self.grid, self.grid)
         return self.decoder(h)
 
-    def sample_forward(self, x: torch.Tensor) -> VAEOutput:
-        """Training pass: reparameterised sample z = μ + σ·ε."""
+    def training_step(self, x: torch.Tensor, beta: float) -> StepOutput:
+        """Reparameterised sample z = μ + σ·ε; objective = recon NLL + β·KL (free bits applied)."""
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
-        return VAEOutput(self.decode(z), mu, logvar)
+        recon_image = self.decode(z)
+        recon = recon_nll(x, recon_image, self.cfg.recon_loss, self.cfg.recon_sigma)
+        kl = kl_per_dim(mu.float(), logvar.float())
+        objective = recon + beta * free_bits_kl(kl, self.cfg.free_bits)
+        return StepOutput(objective, recon, recon_image, {"kl": kl.sum(dim=1)}, kl.detach().sum(dim=0))
+
+    @staticmethod
+    def latent_metrics(latent_stats: torch.Tensor, n_images: int) -> dict[str, float]:
+        return {"active_units": float((latent_stats / n_images > ACTIVE_UNIT_KL).sum())}
+
+    @torch.inference_mode()
+    def latent_report(self, clean: torch.Tensor, batch_size: int = 64) -> LatentReport:
+        """Mean KL per latent dimension over clean uint8 crops (model in eval mode)."""
+        total = torch.zeros(self.cfg.latent_dim)
+        for start in range(0, len(clean), batch_size):
+            mu, logvar = self.encode(clean[start:start + batch_size].float() / 255.0)
+            total += kl_per_dim(mu, logvar).sum(dim=0)
+        kl = (total / max(1, len(clean))).tolist()
+        table = pd.DataFrame({"dim": range(len(kl)), "kl": kl})
+        table["active"] = table["kl"] > ACTIVE_UNIT_KL
+        collapsed = not table["active"].any()
+        return LatentReport("kl_per_dim", table, collapsed, COLLAPSE_WARNING if collapsed else "",
+                            {"active_units": float(table["active"].sum())})
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Inference pass (what the logged model exports): reconstruction from μ, KL per image,
         and the clean per-pixel error reference (broadcast to the batch)."""
         mu, logvar = self.encode(x)
         return self.decode(mu), kl_per_dim(mu, logvar).sum(dim=1), self.error_ref.expand(x.shape[0], -1, -1, -1)
-
-
-def vae_loss_terms(x: torch.Tensor, out: VAEOutput, recon_sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image reconstruction NLL (Gaussian, fixed σ; nats up to a constant) and KL per dim."""
-    recon = (x - out.recon).pow(2).flatten(1).sum(dim=1) / (2 * recon_sigma**2)
-    return recon, kl_per_dim(out.mu, out.logvar)
