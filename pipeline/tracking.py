@@ -57,7 +57,7 @@ def experiment_id(name: str, cfg: TrackingConfig) -> str:
 
 def train_params(cfg: PanelConfig, data_hash: str, n_train: int, n_val: int) -> dict[str, Any]:
     """Every model and training setting (β, schedule, free bits, codebook, ...) plus the data identity."""
-    model = {k: ",".join(map(str, v)) if isinstance(v, tuple) else v for k, v in cfg.to_dict()["model"].items()}
+    model = {**cfg.to_dict()["model"], "channels": ",".join(map(str, cfg.model.conv_channels))}
     return {**model, **cfg.to_dict()["train"], "image_size": cfg.ingest.image_size, "crop": cfg.ingest.crop,
             "dataset_hash": data_hash, "n_train": n_train, "n_val": n_val}
 

@@ -29,6 +29,7 @@ from pipeline.models.blocks import squared_error
 from pipeline.scoring import fit_error_reference
 
 EpochCallback = Callable[[int, dict[str, float]], None]
+BN_CALIBRATION_CROPS = 256  # clean crops that set BatchNorm statistics before each validation pass
 
 
 def pick_device(requested: str) -> torch.device:
@@ -110,8 +111,11 @@ def _loader(data: torch.Tensor, batch_size: int, generator: torch.Generator | No
             workers: int) -> DataLoader:
     """Whole batches by fancy indexing (no per-image collate); shuffled when a generator is given."""
     order = RandomSampler(range(len(data)), generator=generator) if generator is not None else SequentialSampler(range(len(data)))
+    # The loader's own generator only seeds workers (which draw nothing): keeping its draws off the
+    # global stream makes results independent of the worker count and identical to earlier releases.
     return DataLoader(TensorDataset(data), sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
-                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      generator=torch.Generator())
 
 
 def _epoch_pass(model: nn.Module, loader: DataLoader, n_images: int, cfg: PanelConfig, beta: float,
@@ -145,6 +149,26 @@ def _epoch_pass(model: nn.Module, loader: DataLoader, n_images: int, cfg: PanelC
         stats = out.latent_stats.detach().float().cpu()
         latent = stats if latent is None else latent + stats
     return {**{k: v / n_images for k, v in sums.items()}, **model.latent_metrics(latent, n_images)}
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, clean: torch.Tensor, batch_size: int = 64,
+                          device: torch.device = torch.device("cpu")) -> None:
+    """Recompute every BatchNorm's running statistics as the exact average over clean, unaugmented
+    crops through the inference path. Running averages from training lag the weights and carry the
+    augmentation; eval-mode errors on clean panels are what scores are measured against. Only the
+    BatchNorm layers switch to train mode, so nothing else (e.g. a VQ codebook) learns here."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    model.eval()
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average over the batches below
+        norm.train()
+    for start in range(0, len(clean), batch_size):
+        model(clean[start:start + batch_size].to(device).float() / 255.0)
+    for norm in norms:
+        norm.momentum = 0.1
+    model.eval()
 
 
 def _identity(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig) -> dict[str, Any]:
@@ -184,14 +208,16 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     torch.manual_seed(tc.seed)
     if tc.num_threads:
         torch.set_num_threads(tc.num_threads)
-    generator = torch.Generator().manual_seed(tc.seed)
+    # Separate streams for batch order and augmentation: a loader that prefetches indices (workers)
+    # must not shift the augmentation draws.
+    order_rng, generator = torch.Generator().manual_seed(tc.seed), torch.Generator().manual_seed(tc.seed + 1)
     device = pick_device(tc.device)
     model = build_model(cfg.model, cfg.ingest.image_size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
-    train_loader = _loader(train_x, tc.batch_size, generator, device, tc.loader_workers)
+    train_loader = _loader(train_x, tc.batch_size, order_rng, device, tc.loader_workers)
     val_loader = _loader(val_x, tc.batch_size, None, device, tc.loader_workers)
     identity = _identity(train_x, val_x, cfg) if checkpoint else {}
     best, best_state, result, stale = float("inf"), None, TrainResult(model=model, device=str(device)), 0
@@ -204,7 +230,8 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         torch.set_rng_state(saved["torch_rng"])
-        generator.set_state(saved["generator_rng"])
+        generator.set_state(saved["augment_rng"])
+        order_rng.set_state(saved["order_rng"])
         if device.type == "cuda" and saved.get("cuda_rng") is not None:
             torch.cuda.set_rng_state_all(saved["cuda_rng"])
         best, best_state, stale = saved["best"], saved["best_state"], saved["stale"]
@@ -214,11 +241,14 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     bar = tqdm(range(first, tc.epochs + 1), desc=f"train {cfg.model.model_type} on {device}", unit="epoch",
                disable=not progress, initial=first - 1, total=tc.epochs)
     for epoch in bar:
-        if stale >= tc.patience:  # a resumed run that had already stopped early
+        if stale >= tc.patience and epoch > tc.min_epochs:  # a resumed run that had already stopped early
             result.stopped_early = True
             break
         beta = beta_at(epoch, cfg.model) if model.uses_beta else 0.0
         train_m = _epoch_pass(model, train_loader, len(train_x), cfg, beta, device, optimizer, generator)
+        # Validate the model as it will be exported: exact clean BatchNorm statistics, not the lagging
+        # running averages (those made clean val loss jump 3x between epochs and stopped runs early).
+        recalibrate_batchnorm(model, train_x[:BN_CALIBRATION_CROPS], device=device)
         with torch.no_grad():
             val_m = _epoch_pass(model, val_loader, len(val_x), cfg, beta, device, None, generator)
         scheduler.step()
@@ -236,7 +266,8 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
             _save_checkpoint(checkpoint.path, {
                 "identity": identity, "meta": checkpoint.meta, "epoch": epoch, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "generator_rng": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "augment_rng": generator.get_state(),
+                "order_rng": order_rng.get_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
                 "best": best, "best_state": best_state, "best_epoch": result.best_epoch, "stale": stale,
                 "history": result.history})
@@ -244,11 +275,12 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
             on_epoch(epoch, metrics)
         bar.set_postfix({k.replace("train/", ""): f"{metrics[k]:.4g}"
                          for k in ("train/recon", "train/kl", "train/vq_loss", "val/recon") if k in metrics})
-        if stale >= tc.patience:
+        if stale >= tc.patience and epoch >= tc.min_epochs:
             result.stopped_early = True
             break
     model.load_state_dict(best_state)
     result.model = model.to(memory_format=torch.contiguous_format).cpu().eval()
+    recalibrate_batchnorm(result.model, train_x)
     fit_error_reference(result.model, train_x)
     result.latent = result.model.latent_report(val_x)
     result.seconds = time.perf_counter() - start

@@ -33,3 +33,17 @@ def test_convvae_shapes_and_inference_outputs():
     assert 0 <= recon.min() and recon.max() <= 1 and (kl >= 0).all()
     with pytest.raises(ValueError, match="divisible"):
         ConvVAE(ModelConfig(channels=(8, 16, 32)), image_size=36)
+
+
+def test_recon_nll_scales_with_sigma_and_bce_matches_torch():
+    from torch.nn import functional as F
+
+    from pipeline.models import recon_nll
+
+    x, recon = torch.rand(2, 1, 8, 8), torch.rand(2, 1, 8, 8).clamp(0.01, 0.99)
+    sse = (x - recon).pow(2).flatten(1).sum(dim=1)
+    assert torch.allclose(recon_nll(x, recon, "mse", 0.1), sse / 0.02)
+    bce = F.binary_cross_entropy(recon, x, reduction="none").flatten(1).sum(dim=1)
+    assert torch.allclose(recon_nll(x, recon, "bce", 0.1), bce, rtol=1e-5)
+    with pytest.raises(ValueError, match="recon_loss"):
+        recon_nll(x, recon, "l1", 0.1)

@@ -3,7 +3,7 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.models import free_bits_kl
-from pipeline.train import beta_at, train_model
+from pipeline.train import Checkpointing, beta_at, train_model
 from tests.conftest import small_config
 
 
@@ -34,11 +34,68 @@ def _clean_panels(n: int) -> torch.Tensor:
     return (torch.nn.functional.interpolate(coarse, size=64, mode="bilinear") * 255).to(torch.uint8)
 
 
-@pytest.mark.parametrize("beta, collapsed", [(1.0, False), (5000.0, True)])
-def test_collapse_alarm_fires_only_when_forced(beta, collapsed):
+@pytest.mark.parametrize("beta, epochs, collapsed", [(1.0, 6, False), (5000.0, 25, True)])
+def test_collapse_alarm_fires_only_when_forced(beta, epochs, collapsed):
     data = _clean_panels(96)
-    cfg = small_config(epochs=6, lr=3e-3).replace("model", beta=beta)
+    cfg = small_config(epochs=epochs, lr=3e-3, batch_size=16).replace("model", beta=beta)
     result = train_model(data[:64], data[64:], cfg, progress=False)
     assert result.collapsed is collapsed
     assert len(result.latent.table) == cfg.model.latent_dim
     assert bool(result.latent.warning) is collapsed
+
+
+def _histories_match(a: list[dict], b: list[dict]) -> None:
+    assert [h["epoch"] for h in a] == [h["epoch"] for h in b]
+    for x, y in zip(a, b):
+        assert y == pytest.approx(x, rel=1e-6), x["epoch"]
+
+
+def test_resume_after_a_crash_continues_the_same_loss_curve(tmp_path):
+    data = _clean_panels(96)
+    cfg = small_config(epochs=4)
+    uninterrupted = train_model(data[:64], data[64:], cfg, progress=False)
+
+    def crash_after_epoch_2(epoch, metrics):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    path = tmp_path / "checkpoints" / "convvae.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_model(data[:64], data[64:], cfg, crash_after_epoch_2, progress=False, checkpoint=Checkpointing(path))
+    resumed = train_model(data[:64], data[64:], cfg, progress=False, checkpoint=Checkpointing(path, resume=True))
+    assert resumed.resumed_from == 2 and len(resumed.history) == 4
+    _histories_match(uninterrupted.history, resumed.history)
+    for name, tensor in uninterrupted.model.state_dict().items():
+        assert torch.allclose(tensor.float(), resumed.model.state_dict()[name].float(), atol=1e-6), name
+
+
+def test_resume_refuses_a_checkpoint_from_other_settings_and_starts_fresh_without_one(tmp_path):
+    data = _clean_panels(80)
+    path = tmp_path / "convvae.pt"
+    fresh = train_model(data[:64], data[64:], small_config(epochs=1), progress=False,
+                        checkpoint=Checkpointing(path, resume=True))  # nothing to resume: a normal run
+    assert fresh.resumed_from == 0 and path.exists()
+    with pytest.raises(ValueError, match="convvae.pt: checkpoint was written for other data or settings"):
+        train_model(data[:64], data[64:], small_config(epochs=1, lr=1e-4), progress=False,
+                    checkpoint=Checkpointing(path, resume=True))
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="convvae.pt: unreadable checkpoint"):
+        train_model(data[:64], data[64:], small_config(epochs=1), progress=False, checkpoint=Checkpointing(path, resume=True))
+
+
+def test_loader_workers_do_not_change_the_result():
+    data = _clean_panels(80)
+    in_process = train_model(data[:64], data[64:], small_config(epochs=2), progress=False)
+    with_workers = train_model(data[:64], data[64:], small_config(epochs=2, loader_workers=2), progress=False)
+    _histories_match(in_process.history, with_workers.history)
+
+
+def test_vqvae_trains_with_codebook_metrics_every_epoch():
+    data = _clean_panels(80)
+    cfg = small_config(epochs=3).replace("model", model_type="vqvae", codebook_size=32)
+    result = train_model(data[:64], data[64:], cfg, progress=False)
+    for row in result.history:
+        assert {"train/vq_loss", "train/commitment", "train/perplexity", "train/codebook_usage", "val/recon"} <= set(row)
+        assert 1.0 <= row["train/perplexity"] <= 32 and 0 < row["train/codebook_usage"] <= 1
+        assert "train/beta" not in row and "train/kl" not in row
+    assert result.latent.kind == "codebook_usage" and len(result.latent.table) == 32

@@ -36,10 +36,10 @@ class ConvVAE(nn.Module):
     def __init__(self, cfg: ModelConfig, image_size: int, in_channels: int = 1) -> None:
         super().__init__()
         self.cfg = cfg
-        self.grid = check_size(image_size, len(cfg.channels))
-        widths = (in_channels, *cfg.channels)
+        self.grid = check_size(image_size, len(cfg.conv_channels))
+        widths = (in_channels, *cfg.conv_channels)
         self.encoder = nn.Sequential(*down_stack(widths), nn.Flatten())
-        flat = cfg.channels[-1] * self.grid**2
+        flat = cfg.conv_channels[-1] * self.grid**2
         self.to_stats = nn.Linear(flat, 2 * cfg.latent_dim)
         self.from_latent = nn.Linear(cfg.latent_dim, flat)
         self.decoder = nn.Sequential(*up_stack(widths))

@@ -125,12 +125,12 @@ class VQVAE(nn.Module):
     def __init__(self, cfg: ModelConfig, image_size: int, in_channels: int = 1) -> None:
         super().__init__()
         self.cfg = cfg
-        check_size(image_size, len(cfg.channels))
-        widths = (in_channels, *cfg.channels)
-        self.encoder = nn.Sequential(*down_stack(widths), nn.Conv2d(cfg.channels[-1], cfg.latent_dim, 1))
+        check_size(image_size, len(cfg.conv_channels))
+        widths = (in_channels, *cfg.conv_channels)
+        self.encoder = nn.Sequential(*down_stack(widths), nn.Conv2d(cfg.conv_channels[-1], cfg.latent_dim, 1))
         self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.latent_dim, cfg.codebook_update, cfg.ema_decay,
                                          cfg.dead_code_threshold)
-        self.decoder = nn.Sequential(nn.Conv2d(cfg.latent_dim, cfg.channels[-1], 1), *up_stack(widths))
+        self.decoder = nn.Sequential(nn.Conv2d(cfg.latent_dim, cfg.conv_channels[-1], 1), *up_stack(widths))
         self.register_buffer("error_ref", error_reference(in_channels, image_size))
 
     def training_step(self, x: torch.Tensor, beta: float = 0.0) -> StepOutput:
