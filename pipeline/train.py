@@ -114,7 +114,7 @@ def _loader(data: torch.Tensor, batch_size: int, generator: torch.Generator | No
     # The loader's own generator only seeds workers (which draw nothing): keeping its draws off the
     # global stream makes results independent of the worker count and identical to earlier releases.
     return DataLoader(TensorDataset(data), sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
-                      num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      num_workers=workers, pin_memory=device.type == "cuda",
                       generator=torch.Generator())
 
 
