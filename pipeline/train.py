@@ -112,9 +112,11 @@ def _loader(data: torch.Tensor, batch_size: int, generator: torch.Generator | No
     """Whole batches by fancy indexing (no per-image collate); shuffled when a generator is given."""
     order = RandomSampler(range(len(data)), generator=generator) if generator is not None else SequentialSampler(range(len(data)))
     # The loader's own generator only seeds workers (which draw nothing): keeping its draws off the
-    # global stream makes results independent of the worker count and identical to earlier releases.
+    # global stream makes results independent of the worker count. Workers come from a forkserver:
+    # forking the trainer itself (Prefect and MLflow threads, maybe CUDA) left workers dying on exit.
     return DataLoader(TensorDataset(data), sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
                       num_workers=workers, pin_memory=device.type == "cuda",
+                      multiprocessing_context="forkserver" if workers else None,
                       generator=torch.Generator())
 
 
