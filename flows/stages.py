@@ -67,6 +67,8 @@ def synth_flow(out: str = "data/raw", n: int = 600, seed: int = 0) -> str:
 def ingest_flow(raw: str = "data/raw", workdir: str = "data", labels: str | None = None,
                 config: dict | None = None) -> IngestResult:
     result = ingest_task(raw, workdir, labels, config)
+    for note in result.notes:
+        get_run_logger().warning(note)
     get_run_logger().info("ingested %d new crops (%d already known), %d quarantined; splits %s; manifest %s",
                           result.n_new, result.n_skipped, result.n_quarantined, result.split_counts, result.manifest_path)
     return result

@@ -6,8 +6,9 @@ import io
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torchvision.io import ImageReadMode, decode_image, encode_png
 
 from pipeline.files import atomic_write_bytes, sha256_bytes
@@ -38,7 +39,9 @@ def _check_declared_size(data: bytes, max_pixels: int) -> None:
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
-    except (OSError, Image.DecompressionBombError, ValueError):
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected(f"too large: {exc} (decompression-bomb guard)") from exc
+    except (OSError, ValueError):
         return  # not something PIL can size; the decoder gives the reason
     if width * height > max_pixels:
         raise ImageRejected(f"too large: {width}x{height} exceeds {max_pixels} pixels (decompression-bomb guard)")
@@ -57,18 +60,45 @@ def decode_file(path: Path, min_side: int = 32, max_pixels: int = 50_000_000) ->
     if data[:2] == b"\xff\xd8" and not _jpeg_is_complete(data):
         raise ImageRejected("truncated JPEG (no end-of-image marker)")
     _check_declared_size(data, max_pixels)
-    try:
-        pixels = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.GRAY)
-    except (RuntimeError, ValueError) as exc:
-        raise ImageRejected(f"not a decodable image: {str(exc).splitlines()[0][:160]}") from exc
-    if pixels.dtype != torch.uint8:  # 16-bit PNG: scale, don't clip
-        pixels = (pixels.float() / 65535.0 * 255.0).round().clamp(0, 255).to(torch.uint8)
+    pixels = _decode_gray(data)
     _, height, width = pixels.shape
     if min(height, width) < min_side:
         raise ImageRejected(f"too small: {width}x{height} < {min_side} px")
     if height * width > max_pixels:
         raise ImageRejected(f"too large: {width}x{height} exceeds {max_pixels} pixels")
     return DecodedImage(Path(path), sha256_bytes(data), pixels)
+
+
+def _decode_gray(data: bytes) -> torch.Tensor:
+    """Grayscale uint8 (1, H, W), EXIF orientation applied. torchvision's decoders first (PNG,
+    JPEG incl. CMYK, GIF, WebP); PIL for the rest (TIFF, BMP, ...)."""
+    try:
+        pixels = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.GRAY,
+                              apply_exif_orientation=True)
+    except (RuntimeError, ValueError) as first:
+        try:
+            return _decode_with_pil(data)
+        except (OSError, ValueError, Image.DecompressionBombError) as exc:
+            raise ImageRejected(f"not a decodable image: {str(first).splitlines()[0][:120]}; PIL: {str(exc)[:80]}") from exc
+    if pixels.dtype != torch.uint8:  # 16-bit PNG: scale the full range, don't clip
+        pixels = (pixels.float() / 65535.0 * 255.0).round().clamp(0, 255).to(torch.uint8)
+    return pixels
+
+
+def _decode_with_pil(data: bytes) -> torch.Tensor:
+    with Image.open(io.BytesIO(data)) as opened:
+        opened.load()
+        image = ImageOps.exif_transpose(opened)
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16-bit (or 32-bit) grayscale: scale the type's range to 8 bits, never clip at 255
+        array = np.asarray(image).astype(np.float64)
+        full = 65535.0 if image.mode.startswith("I;16") or array.max() <= 65535 else float(array.max())
+        array = np.clip(np.round(array / full * 255.0), 0, 255).astype(np.uint8)
+    else:
+        if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            image = image.convert("RGBA").convert("RGB")  # drop alpha: the camera's pixels are what count
+        array = np.asarray(image.convert("L"))
+    return torch.from_numpy(array.copy())[None]
 
 
 def write_png(path: Path, pixels: torch.Tensor) -> Path:

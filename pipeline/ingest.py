@@ -20,7 +20,7 @@ from pipeline.config import IngestConfig
 from pipeline.crop import Box, CropError, crop_resize, panel_box
 from pipeline.files import atomic_write_csv, sha256_bytes
 from pipeline.images import ImageRejected, decode_file, write_png
-from pipeline.labels import UNLABELLED, is_defect, load_labels
+from pipeline.labels import UNLABELLED, is_defect, load_labels, validate_labels
 
 MANIFEST_COLUMNS = ["crop_id", "source_path", "source_sha256", "bbox", "panel_id", "label", "split",
                     "width", "height", "ingested_at", "crop_path"]
@@ -72,14 +72,23 @@ class Rejected:
     reason: str
 
 
-def list_inputs(raw: Path, cfg: IngestConfig) -> list[Path]:
-    """Every regular file under raw, except hidden files and metadata sidecars, sorted."""
+def list_inputs(raw: Path, cfg: IngestConfig) -> tuple[list[Path], list[Rejected]]:
+    """Every regular file under raw, except hidden files and metadata sidecars, sorted; symlinks
+    that lead outside raw are rejected (a raw folder must not pull in files from elsewhere)."""
     raw = Path(raw)
     if not raw.is_dir():
         raise FileNotFoundError(f"{raw}: raw folder does not exist")
-    return sorted(p for p in raw.rglob("*")
-                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(raw).parts)
-                  and p.suffix.lower() not in cfg.metadata_suffixes)
+    root = raw.resolve()
+    paths, rejected = [], []
+    for p in sorted(raw.rglob("*")):
+        if not p.is_file() or any(part.startswith(".") for part in p.relative_to(raw).parts) \
+                or p.suffix.lower() in cfg.metadata_suffixes:
+            continue
+        if p.is_symlink() and not p.resolve().is_relative_to(root):
+            rejected.append(Rejected(p, "", f"symlink leaves the raw root (-> {p.resolve()})"))
+        else:
+            paths.append(p)
+    return paths, rejected
 
 
 def prepare(path: Path, cfg: IngestConfig) -> Crop:
@@ -185,24 +194,30 @@ class IngestResult:
     n_skipped: int
     n_quarantined: int
     split_counts: dict[str, int]
+    notes: tuple[str, ...] = ()  # problems found in the labels file, one clear message each
 
 
 def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig,
            progress: Progress | None = None) -> IngestResult:
     """Ingest every new file of raw into workdir/processed; safe to re-run (incremental)."""
     raw, dirs = Path(raw).resolve(), WorkDirs(Path(workdir))
-    labels = load_labels(labels_path)
+    notes: list[str] = []
+    inputs, escaped = list_inputs(raw, cfg)
+    candidates = [p for p in inputs if labels_path is None or p.resolve() != Path(labels_path).resolve()]
+    labels, label_notes = validate_labels(load_labels(labels_path, notes), Path(labels_path or ""), raw,
+                                          {p.relative_to(raw).as_posix() for p in candidates})
+    notes += label_notes
     known = read_table(dirs.manifest, MANIFEST_COLUMNS)
     known_sources = set(zip(known["source_path"], known["source_sha256"]))
-    candidates = [p for p in list_inputs(raw, cfg) if labels_path is None or p.resolve() != Path(labels_path).resolve()]
     todo = [p for p in candidates if (p.relative_to(raw).as_posix(), _sha_or_blank(p)) not in known_sources]
     fresh, rejected = prepare_many(todo, cfg, progress, dict(zip(known["source_sha256"], known["source_path"])))
+    rejected = escaped + rejected
     new_rows = crop_rows(fresh, raw, labels, dirs.crops)
     manifest = _with_splits(pd.concat([known, new_rows], ignore_index=True).astype(str), cfg)
     atomic_write_csv(dirs.manifest, manifest)
     record_quarantine(dirs, quarantine_rows(rejected, raw))
     return IngestResult(dirs.manifest, len(fresh), len(candidates) - len(todo), len(rejected),
-                        manifest["split"].value_counts().to_dict())
+                        manifest["split"].value_counts().to_dict(), tuple(notes))
 
 
 def load_split(manifest_path: Path, splits: Iterable[str], trainable_only: bool = False) -> pd.DataFrame:

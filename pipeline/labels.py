@@ -15,10 +15,12 @@ class LabelsError(ValueError):
     """The labels file cannot be used; the message names the file and the reason."""
 
 
-def load_labels(path: Path | None) -> pd.DataFrame:
-    """Labels as a frame with columns path, label, panel_id ('' where not given)."""
+def load_labels(path: Path | None, problems: list[str] | None = None) -> pd.DataFrame:
+    """Labels as a frame with columns path, label, panel_id ('' where not given). Unknown columns
+    and exact duplicate rows are dropped and reported in problems; conflicting labels are an error."""
     if path is None:
         return pd.DataFrame({"path": [], "label": [], "panel_id": []}, dtype=str)
+    problems = problems if problems is not None else []
     path = Path(path)
     try:
         table = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -27,15 +29,45 @@ def load_labels(path: Path | None) -> pd.DataFrame:
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise LabelsError(f"{path}: labels file lacks column(s) {sorted(missing)}; expected path,label[,panel_id]")
+    extra = [c for c in table.columns if c not in ("path", "label", "panel_id")]
+    if extra:
+        problems.append(f"{path}: unknown column(s) {extra} ignored; expected path,label[,panel_id]")
     if "panel_id" not in table.columns:
         table["panel_id"] = ""
     table = table[["path", "label", "panel_id"]].apply(lambda col: col.str.strip())
     table["path"] = table["path"].map(lambda p: Path(p).as_posix())
+    repeats = int(table.duplicated().sum())
+    if repeats:
+        problems.append(f"{path}: {repeats} duplicate row(s) dropped")
     duplicated = table[table.duplicated("path", keep=False)]
     conflicting = duplicated.groupby("path")["label"].nunique()
     if (conflicting > 1).any():
         raise LabelsError(f"{path}: conflicting labels for {sorted(conflicting[conflicting > 1].index)[:5]}")
     return table.drop_duplicates("path").reset_index(drop=True)
+
+
+def validate_labels(table: pd.DataFrame, source: Path, raw: Path, inputs: set[str]) -> tuple[pd.DataFrame, list[str]]:
+    """The usable rows of a loaded labels table, and one clear message per problem found:
+    paths escaping the raw root (dropped), labelled files that do not exist (dropped), label
+    strings outside the known set (kept as their own defect class). inputs: relative paths present."""
+    problems: list[str] = []
+    if table.empty:
+        return table, problems
+    escaping = table["path"].map(lambda p: Path(p).is_absolute() or ".." in Path(p).parts).astype(bool)
+    if escaping.any():
+        problems.append(f"{source}: {int(escaping.sum())} path(s) leave the raw root {raw} and were ignored: "
+                        f"{table.loc[escaping, 'path'].head(5).tolist()}")
+    table = table[~escaping]
+    missing = ~table["path"].isin(inputs)
+    if missing.any():
+        problems.append(f"{source}: {int(missing.sum())} labelled file(s) not found under {raw}: "
+                        f"{table.loc[missing, 'path'].head(5).tolist()}")
+    table = table[~missing]
+    unknown = table.loc[~table["label"].isin([*KNOWN_LABELS, UNLABELLED]), "label"].value_counts()
+    if len(unknown):
+        problems.append(f"{source}: label(s) outside {list(KNOWN_LABELS)} kept as their own defect class: "
+                        f"{unknown.to_dict()}")
+    return table.reset_index(drop=True), problems
 
 
 def is_defect(label: str) -> bool:

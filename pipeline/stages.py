@@ -170,7 +170,9 @@ def score_stage(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "ch
     calibration = tracking.load_calibration(name, version)
     model = tracking.load_model(name, version)
     raw = Path(raw).resolve()
-    crops, rejected = prepare_many(list_inputs(raw, model_cfg.ingest), model_cfg.ingest, progress)
+    inputs, escaped = list_inputs(raw, model_cfg.ingest)
+    crops, rejected = prepare_many(inputs, model_cfg.ingest, progress)
+    rejected = escaped + rejected
     record_quarantine(WorkDirs(Path(workdir)), quarantine_rows(rejected, raw))
     day_dir = Path(out or WorkDirs(Path(workdir)).reports) / (day or date.today()).isoformat()
     rows = []

@@ -115,3 +115,77 @@ def test_huge_declared_size_is_rejected_before_decoding(tmp_path: Path):
     big.write_bytes(_png_of(np.zeros((300, 400), np.uint8)))
     with pytest.raises(ImageRejected, match="too large: 400x300"):
         decode_file(big, max_pixels=100_000)
+
+
+def _save(image, path: Path, fmt: str, **kw) -> Path:
+    image.save(path, fmt, **kw)
+    return path
+
+
+def test_formats_modes_and_exif_give_the_same_crop(synth_raw: Path, tmp_path: Path):
+    """16-bit TIFF, CMYK JPEG, BMP, palette, RGBA and an EXIF-rotated JPEG crop like the 8-bit original."""
+    from PIL import Image
+
+    from pipeline.ingest import prepare
+
+    cfg = IngestConfig(image_size=64)
+    source = Image.open(synth_raw / pd.read_csv(synth_raw / "labels.csv")["path"][0]).convert("L")
+    reference = prepare(_save(source, tmp_path / "ref.png", "PNG"), cfg).pixels.float()
+    wide = Image.fromarray(np.asarray(source).astype(np.uint16) * 257)  # full 16-bit range
+    rotated = source.convert("RGB").rotate(90, expand=True)  # stored sideways, EXIF says turn it back
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90° clockwise to display
+    variants = {
+        "tiff16": _save(wide, tmp_path / "a.tif", "TIFF"),
+        "tiff8": _save(source, tmp_path / "b.tiff", "TIFF"),
+        "bmp": _save(source.convert("RGB"), tmp_path / "c.bmp", "BMP"),
+        "palette": _save(source.convert("P"), tmp_path / "d.png", "PNG"),
+        "rgba": _save(source.convert("RGBA"), tmp_path / "e.png", "PNG"),
+        "jpeg_rgb": _save(source.convert("RGB"), tmp_path / "f.jpg", "JPEG", quality=95),
+        "jpeg_cmyk": _save(source.convert("RGB").convert("CMYK"), tmp_path / "g.jpg", "JPEG", quality=95),
+        "jpeg_exif": _save(rotated, tmp_path / "h.jpg", "JPEG", quality=95, exif=exif),
+    }
+    for name, path in variants.items():
+        crop = prepare(path, cfg).pixels.float()
+        tolerance = 3.0 if name.startswith("jpeg") else 0.5  # mean grey levels; JPEG is lossy
+        assert (crop - reference).abs().mean() <= tolerance, name
+
+
+def test_symlinks_leaving_the_raw_root_are_quarantined(synth_raw: Path, tmp_path: Path):
+    raw, outside = tmp_path / "raw", tmp_path / "elsewhere"
+    raw.mkdir(), outside.mkdir()
+    names = pd.read_csv(synth_raw / "labels.csv")["path"].head(3).tolist()
+    shutil.copy(synth_raw / names[0], raw / names[0])
+    shutil.copy(synth_raw / names[1], outside / "secret.png")
+    (raw / "escape.png").symlink_to(outside / "secret.png")
+    (raw / "alias.png").symlink_to(raw / names[0])  # inside the root: allowed (and a duplicate)
+    result = ingest(raw, tmp_path / "work", None, IngestConfig(image_size=64))
+    reasons = pd.read_csv(WorkDirs(tmp_path / "work").quarantine).set_index("path")["reason"].to_dict()
+    assert reasons["escape.png"].startswith("symlink leaves the raw root")
+    assert "duplicate of" in reasons.get("alias.png", "") + reasons.get(names[0], "")
+    assert result.n_new == 1
+
+
+def test_labels_file_problems_are_reported_and_the_run_finishes(synth_raw: Path, tmp_path: Path):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    labels = pd.read_csv(synth_raw / "labels.csv").head(12)
+    for name in labels["path"]:
+        shutil.copy(synth_raw / name, raw / name)
+    labels["inspector"] = "jo"  # unknown column
+    extra = pd.concat([pd.DataFrame({"path": ["../outside.png", "missing.png"], "label": ["ok", "crack"],
+                                     "inspector": "jo"}), labels.head(1)])  # the last row repeats row 0
+    labels.loc[1, "label"] = "corrosion"  # not a known class
+    table = pd.concat([labels, extra], ignore_index=True)
+    table.to_csv(tmp_path / "labels.csv", index=False)
+    before = tree_digest(raw)
+    result = ingest(raw, tmp_path / "work", tmp_path / "labels.csv", IngestConfig(image_size=64))
+    notes = "\n".join(result.notes)
+    assert "unknown column(s) ['inspector'] ignored" in notes
+    assert "1 duplicate row(s) dropped" in notes
+    assert "leave the raw root" in notes and "../outside.png" in notes
+    assert "not found under" in notes and "missing.png" in notes
+    assert "kept as their own defect class: {'corrosion': 1}" in notes
+    manifest = pd.read_csv(result.manifest_path, keep_default_na=False)
+    assert len(manifest) == 12 and (manifest["label"] == "corrosion").sum() == 1
+    assert tree_digest(raw) == before
