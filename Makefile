@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATE ?= $(shell date +%F)
 
-.PHONY: install demo test test-all clean-demo
+.PHONY: install demo elpv test test-all clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ demo: $(STAMP)
 	@echo
 	@echo "Inspector report: data/reports/$(DEMO_DATE)/flagged.csv (all scores: data/reports/$(DEMO_DATE)/scores.csv)"
 	@echo "MLflow UI:        $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db  -> http://127.0.0.1:5000"
+
+# The real-data run: ELPV solar cells (ok = probability 0, crack >= 2/3), cells fill the frame.
+elpv: $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,elpv]"
+	$(BIN)/panelscan elpv --out data/elpv
+	$(BIN)/panelscan pipeline --raw data/elpv --labels data/elpv/labels.csv --workdir data/elpv-work --crop none
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -46,6 +46,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="data/raw")
     p.add_argument("--n", type=int, default=600)
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("elpv", help="write the ELPV solar-cell set (pip elpv-dataset) as a raw folder + labels.csv")
+    p.add_argument("--out", default="data/elpv")
+    p.add_argument("--type", choices=["mono", "poly"], help="only this cell type (default: both)")
     p = sub.add_parser("ingest", help="validate, crop and split raw images")
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--labels", help="labels CSV (path,label[,panel_id])")
@@ -88,6 +91,9 @@ def run(args: argparse.Namespace) -> str:
 
     if args.command == "synth":
         return f"synthetic panels written to {f.synth_flow(args.out, args.n, args.seed)}"
+    if args.command == "elpv":
+        counts = f.elpv_flow(args.out, args.type)
+        return f"ELPV written to {args.out} ({counts}); labels: {args.out}/labels.csv"
     config = build_config(args).to_dict()
     if args.command == "ingest":
         r = f.ingest_flow(args.raw, args.workdir, args.labels, config)

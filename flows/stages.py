@@ -11,6 +11,7 @@ from tqdm.auto import tqdm
 
 from pipeline import stages
 from pipeline.config import PanelConfig
+from pipeline.datasets.elpv import write_elpv
 from pipeline.ingest import IngestResult, ingest
 from pipeline.synth import generate
 
@@ -61,6 +62,15 @@ def synth_flow(out: str = "data/raw", n: int = 600, seed: int = 0) -> str:
     table = generate(Path(out), n=n, seed=seed)
     get_run_logger().info("wrote %d synthetic frames (%s) to %s", len(table), table["label"].value_counts().to_dict(), out)
     return out
+
+
+@flow(name="elpv")
+def elpv_flow(out: str = "data/elpv", cell_type: str | None = None) -> dict[str, int]:
+    """Copy the ELPV set into a raw folder with labels.csv (ok / crack / uncertain)."""
+    table = write_elpv(Path(out), cell_type)
+    counts = table["label"].value_counts().to_dict()
+    get_run_logger().info("wrote %d ELPV cells %s to %s", len(table), counts, out)
+    return counts
 
 
 @flow(name="ingest")

@@ -20,7 +20,7 @@ from pipeline.config import IngestConfig
 from pipeline.crop import Box, CropError, crop_resize, panel_box
 from pipeline.files import atomic_write_csv, sha256_bytes
 from pipeline.images import ImageRejected, decode_file, write_png
-from pipeline.labels import UNLABELLED, is_defect, load_labels, validate_labels
+from pipeline.labels import UNCERTAIN, UNLABELLED, is_defect, load_labels, validate_labels
 
 MANIFEST_COLUMNS = ["crop_id", "source_path", "source_sha256", "bbox", "panel_id", "label", "split",
                     "width", "height", "ingested_at", "crop_path"]
@@ -133,7 +133,7 @@ def assign_split(group: str, labels: set[str], cfg: IngestConfig) -> str:
     Groups holding a defect go to val or test only (we never train on them, and calibration
     needs them); clean groups go to train / val / test.
     """
-    if labels <= {UNLABELLED}:
+    if labels <= {UNLABELLED, UNCERTAIN}:
         return "unlabelled"
     u = int(hashlib.sha256(f"{cfg.split_seed}:{group}".encode()).hexdigest()[:12], 16) / 16**12
     if any(is_defect(label) for label in labels):
@@ -221,9 +221,9 @@ def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig
 
 
 def load_split(manifest_path: Path, splits: Iterable[str], trainable_only: bool = False) -> pd.DataFrame:
-    """Manifest rows of the given splits; trainable_only keeps the clean (ok) crops."""
+    """Manifest rows of the given splits (never 'uncertain' ones); trainable_only keeps the clean (ok) crops."""
     manifest = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
-    rows = manifest[manifest["split"].isin(list(splits))]
+    rows = manifest[manifest["split"].isin(list(splits)) & (manifest["label"] != UNCERTAIN)]
     if trainable_only:
         rows = rows[rows["label"] == "ok"]
     return rows.reset_index(drop=True)

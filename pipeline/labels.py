@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-KNOWN_LABELS = ("ok", "crack", "loose_connector")
+KNOWN_LABELS = ("ok", "crack", "loose_connector", "uncertain")
 DEFECT_LABELS = ("crack", "loose_connector")
 UNLABELLED = ""
+UNCERTAIN = "uncertain"  # a labeller's "maybe": ingested and scored, never trained on or calibrated against
 
 
 class LabelsError(ValueError):
@@ -71,5 +72,5 @@ def validate_labels(table: pd.DataFrame, source: Path, raw: Path, inputs: set[st
 
 
 def is_defect(label: str) -> bool:
-    """Any label other than ok and unlabelled counts as a defect class."""
-    return label not in ("ok", UNLABELLED)
+    """Any label other than ok, uncertain and unlabelled counts as a defect class."""
+    return label not in ("ok", UNCERTAIN, UNLABELLED)
