@@ -71,17 +71,26 @@ def test_manifest_contract_and_grouped_splits(synth_raw: Path, tmp_path: Path):
         assert (row["width"], row["height"]) == ("64", "64") or (row["width"], row["height"]) == (64, 64)
 
 
-def test_reingest_processes_only_new_files(synth_raw: Path, tmp_path: Path):
+def test_reingest_with_5_new_files_decodes_only_those_5(synth_raw: Path, tmp_path: Path, monkeypatch):
+    import pipeline.ingest as ingest_module
+
     raw = tmp_path / "raw"
     shutil.copytree(synth_raw, raw)
-    (raw / "frame_011_00119.png").rename(tmp_path / "held_back.png")
+    held_back = sorted(raw.glob("frame_*.png"))[-5:]
+    for path in held_back:
+        path.rename(tmp_path / path.name)
     first = ingest(raw, tmp_path / "w", raw / "labels.csv", IngestConfig(image_size=64))
-    splits = pd.read_csv(WorkDirs(tmp_path / "w").manifest).set_index("crop_id")["split"]
-    shutil.copy(tmp_path / "held_back.png", raw / "frame_011_00119.png")
+    before = pd.read_csv(WorkDirs(tmp_path / "w").manifest).set_index("crop_id")
+    for path in held_back:
+        shutil.copy(tmp_path / path.name, path)
+    decoded = []
+    real_prepare = ingest_module.prepare
+    monkeypatch.setattr(ingest_module, "prepare", lambda path, cfg: decoded.append(path.name) or real_prepare(path, cfg))
     second = ingest(raw, tmp_path / "w", raw / "labels.csv", IngestConfig(image_size=64))
-    assert (first.n_new, second.n_new, second.n_skipped) == (119, 1, 119)
-    after = pd.read_csv(WorkDirs(tmp_path / "w").manifest).set_index("crop_id")["split"]
-    assert after[splits.index].equals(splits)  # nobody changed split
+    assert sorted(decoded) == sorted(p.name for p in held_back)
+    assert (first.n_new, second.n_new, second.n_skipped) == (115, 5, 115)
+    after = pd.read_csv(WorkDirs(tmp_path / "w").manifest).set_index("crop_id")
+    assert after.loc[before.index].equals(before)  # old rows untouched: same split, same ingested_at
 
 
 def test_auto_crop_matches_true_panel_box(synth_raw: Path):
