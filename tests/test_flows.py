@@ -114,3 +114,31 @@ def test_vqvae_and_convvae_register_side_by_side_and_are_compared_on_the_same_cr
     n_test = int(outcome.calibration.test["n"])
     assert f"on same {n_test} test crops" in outcome.reason and outcome.promoted_to in ("champion", "challenger")
     assert not (work / "checkpoints" / "vqvae.pt").exists()  # registered: no stale checkpoint to resume
+
+
+def test_train_stage_resume_continues_the_same_mlflow_run(synth_raw: Path, tmp_path: Path, monkeypatch):
+    """A worker dies after epoch 2; the retried stage picks up the checkpoint and the same MLflow
+    run, so the analyst sees one unbroken curve of 3 epochs."""
+    from pipeline import stages
+    from pipeline.ingest import ingest
+
+    work, cfg = tmp_path / "work", small_config()
+    ingest(synth_raw, work, synth_raw / "labels.csv", cfg.ingest)
+    real_log = tracking.log_epoch
+
+    def dies_after_epoch_2(epoch, metrics):
+        real_log(epoch, metrics)
+        if epoch == 2:
+            raise RuntimeError("worker lost")
+
+    monkeypatch.setattr(tracking, "log_epoch", dies_after_epoch_2)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        stages.train_stage(work, cfg, progress=False)
+    monkeypatch.setattr(tracking, "log_epoch", real_log)
+    assert stages.checkpoint_path(work, cfg).exists()
+    outcome = stages.train_stage(work, cfg, progress=False, resume=True)
+    assert outcome.resumed_from == 2 and outcome.epochs_run == 3
+    client = MlflowClient()
+    assert [m.step for m in client.get_metric_history(outcome.run_id, "train/recon")] == [1, 2, 3]
+    assert len(mlflow.search_runs(experiment_names=["panel-train"])) == 1
+    assert not stages.checkpoint_path(work, cfg).exists()
