@@ -16,6 +16,8 @@ from pipeline.config import PanelConfig
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="JSON file overriding config defaults (see pipeline/config.py)")
     p.add_argument("--workdir", default="data", help="where processed/, quarantine/, reports/ live (default: data)")
+    p.add_argument("--model-name", help="registered model name (default: panel-anomaly); one per data set, so "
+                                        "champions are only compared on the same test crops")
 
 
 def _add_ingest(p: argparse.ArgumentParser) -> None:
@@ -61,7 +63,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-version", help="registered version to calibrate (default: the last trained)")
     p = sub.add_parser("score", help="score a folder of images with the champion model")
     p.add_argument("--raw", required=True)
-    p.add_argument("--model-uri", default="models:/panel-anomaly@champion")
+    p.add_argument("--model-uri", help="models:/<name>@<alias> or models:/<name>/<version> "
+                                       "(default: the champion of --model-name)")
     p.add_argument("--out", help="report root (default: <workdir>/reports)")
     p.add_argument("--date", help="report date YYYY-MM-DD (default: today)")
     _add_config(p)
@@ -75,6 +78,7 @@ def parser() -> argparse.ArgumentParser:
 def build_config(args: argparse.Namespace) -> PanelConfig:
     cfg = PanelConfig.load(getattr(args, "config", None))
     cfg = cfg.replace("ingest", crop=getattr(args, "crop", None), image_size=getattr(args, "image_size", None))
+    cfg = cfg.replace("tracking", model_name=getattr(args, "model_name", None))
     cfg = cfg.replace("model", model_type=getattr(args, "model", None), beta=getattr(args, "beta", None),
                       beta_schedule=getattr(args, "beta_schedule", None), free_bits=getattr(args, "free_bits", None),
                       latent_dim=getattr(args, "latent_dim", None), recon_loss=getattr(args, "recon_loss", None),
@@ -105,7 +109,7 @@ def run(args: argparse.Namespace) -> str:
         r = f.calibrate_flow(args.workdir, config, args.model_version, args.rule)
         return _calibration_line(r)
     if args.command == "score":
-        r = f.score_flow(args.raw, args.workdir, config, args.model_uri, args.out, args.date)
+        r = f.score_flow(args.raw, args.workdir, config, args.model_uri or "champion", args.out, args.date)
         return (f"report: {r.report_dir}/flagged.csv ({r.n_flagged} of {r.n_scored} images flagged by "
                 f"panel-anomaly v{r.model_version}; {r.n_quarantined} quarantined)")
     if args.command == "pipeline":

@@ -26,8 +26,8 @@ def test_unknown_config_keys_are_named(tmp_path):
 
 def test_model_family_and_training_options_reach_the_config():
     args = parser().parse_args(["train", "--model", "vqvae", "--codebook-size", "64", "--codebook-update", "loss",
-                                "--recon-loss", "bce", "--workers", "2", "--resume"])
+                                "--recon-loss", "bce", "--workers", "2", "--resume", "--model-name", "panel-anomaly-elpv"])
     cfg = build_config(args)
     assert (cfg.model.model_type, cfg.model.codebook_size, cfg.model.codebook_update, cfg.model.recon_loss) == (
         "vqvae", 64, "loss", "bce")
-    assert cfg.train.loader_workers == 2 and args.resume is True
+    assert cfg.train.loader_workers == 2 and args.resume is True and cfg.tracking.model_name == "panel-anomaly-elpv"
