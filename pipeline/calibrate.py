@@ -118,6 +118,7 @@ class Calibration:
     val: dict[str, float]
     test: dict[str, float]
     score_table: dict[str, dict[str, float]] = field(default_factory=dict)  # score -> val/test ROC-AUC
+    test_images: str = ""  # sha256 over the test split's source images: which versions can be compared
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -6,10 +6,11 @@ tasks. They are usable without Prefect (the benchmark and GPU boxes call them di
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timezone
 from pathlib import Path
 
@@ -117,15 +118,23 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     val_s, test_s = _score_split(model, val, dirs, model_cfg), _score_split(model, test, dirs, model_cfg)
     calibration = calibrate_scores(val_s.scores, val["label"].to_numpy(), test_s.scores, test["label"].to_numpy(),
                                    rule or model_cfg.calibrate.rule, model_cfg.calibrate.fallback_quantile, name, version)
+    calibration = replace(calibration, test_images=images_hash(test))
     tracking.log_calibration(calibration)
     path = atomic_write_text(Path(workdir) / "calibration.json", json.dumps(calibration.to_dict(), indent=2))
-    promoted_to, reason = promote(calibration, test, dirs, cfg)
+    promoted_to, reason = promote(calibration, test, dirs, model_cfg)
     return CalibrateOutcome(calibration, promoted_to, reason, path)
 
 
+def images_hash(rows: pd.DataFrame) -> str:
+    """Identity of a set of source images, whatever the preprocessing: sha256 over their sha256s."""
+    return hashlib.sha256("\n".join(sorted(rows["source_sha256"])).encode()).hexdigest()[:16]
+
+
 def promote(candidate: Calibration, test: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig) -> tuple[str, str]:
-    """Champion gate: the candidate replaces the champion only when its test ROC-AUC is at least
-    the champion's, both scored now on the same test crops with their own score and threshold."""
+    """Champion gate: the candidate (trained with cfg) replaces the champion only when its test
+    ROC-AUC is at least the champion's, both scored now on the same test crops with their own
+    score and threshold. With other preprocessing, recorded AUCs are compared only when both were
+    tested on the same source images; otherwise nothing is comparable and the candidate waits."""
     name, version = candidate.model_name, candidate.model_version
     new_auc = candidate.test.get("roc_auc", float("nan"))
     champion = tracking.current_version(name, tracking.CHAMPION)
@@ -134,9 +143,14 @@ def promote(candidate: Calibration, test: pd.DataFrame, dirs: WorkDirs, cfg: Pan
     else:
         old_cfg = tracking.load_config(name, champion)
         old_cal = tracking.load_calibration(name, champion)
-        if old_cfg.ingest.image_size != cfg.ingest.image_size or old_cfg.ingest.crop != cfg.ingest.crop:
+        if old_cfg.ingest != cfg.ingest:
+            if not old_cal.test_images or old_cal.test_images != candidate.test_images:
+                reason = (f"v{version} (test ROC-AUC {new_auc:.4f}) is not comparable with champion v{champion}: "
+                          "other preprocessing and other test images; set the alias by hand if intended")
+                tracking.set_alias(name, version, tracking.CHALLENGER, reason)
+                return tracking.CHALLENGER, reason
             old_auc = old_cal.test.get("roc_auc", float("nan"))
-            basis = "recorded test ROC-AUC (different preprocessing)"
+            basis = f"the same {len(test)} test images (recorded, other preprocessing)"
         else:
             old_scores = _score_split(tracking.load_model(name, champion), test, dirs, old_cfg).scores[old_cal.score_name]
             old_auc = evaluate(old_scores, test["label"].to_numpy()).get("roc_auc", float("nan"))

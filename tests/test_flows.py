@@ -142,3 +142,26 @@ def test_train_stage_resume_continues_the_same_mlflow_run(synth_raw: Path, tmp_p
     assert [m.step for m in client.get_metric_history(outcome.run_id, "train/recon")] == [1, 2, 3]
     assert len(mlflow.search_runs(experiment_names=["panel-train"])) == 1
     assert not stages.checkpoint_path(work, cfg).exists()
+
+
+def test_gate_refuses_to_compare_models_tested_on_other_images(synth_raw: Path, tmp_path: Path):
+    """A champion from one data set is never displaced by (or compared with) a model calibrated on
+    other images with other preprocessing: the newcomer waits as challenger, with the reason."""
+    from pipeline import stages
+    from pipeline.ingest import ingest
+
+    first_cfg, other_cfg = small_config(epochs=1), small_config(epochs=1).replace("ingest", image_size=32)
+    other_raw = tmp_path / "other_raw"
+    labels = pd.read_csv(synth_raw / "labels.csv").iloc[60:]
+    other_raw.mkdir()
+    for name in labels["path"]:
+        shutil.copy(synth_raw / name, other_raw / name)
+    labels.to_csv(other_raw / "labels.csv", index=False)
+    ingest(synth_raw, tmp_path / "a", synth_raw / "labels.csv", first_cfg.ingest)
+    stages.train_stage(tmp_path / "a", first_cfg, progress=False)
+    assert stages.calibrate_stage(tmp_path / "a", first_cfg).promoted_to == "champion"
+    ingest(other_raw, tmp_path / "b", other_raw / "labels.csv", other_cfg.ingest)
+    stages.train_stage(tmp_path / "b", other_cfg, progress=False)
+    outcome = stages.calibrate_stage(tmp_path / "b", other_cfg)
+    assert outcome.promoted_to == "challenger" and "not comparable" in outcome.reason
+    assert str(MlflowClient().get_model_version_by_alias("panel-anomaly", "champion").version) == "1"
