@@ -199,6 +199,27 @@ def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+def _stream_states(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, order_rng: torch.Generator,
+                   augment_rng: torch.Generator, device: torch.device) -> dict[str, Any]:
+    """Everything that decides the next epoch: weights, optimiser, schedule, every random stream."""
+    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "torch_rng": torch.get_rng_state(), "augment_rng": augment_rng.get_state(),
+            "order_rng": order_rng.get_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}
+
+
+def _restore_streams(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
+                     order_rng: torch.Generator, augment_rng: torch.Generator, device: torch.device) -> None:
+    model.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(saved["torch_rng"])
+    augment_rng.set_state(saved["augment_rng"])
+    order_rng.set_state(saved["order_rng"])
+    if device.type == "cuda" and saved.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state_all(saved["cuda_rng"])
+
+
 def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on_epoch: EpochCallback | None = None,
                 progress: bool = True, checkpoint: Checkpointing | None = None) -> TrainResult:
     """Fit a model on clean uint8 crops; early stopping on clean validation reconstruction.
@@ -228,14 +249,7 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
         if saved["identity"] != identity:
             raise ValueError(f"{checkpoint.path}: checkpoint was written for other data or settings; "
                              "run without --resume to start over")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        torch.set_rng_state(saved["torch_rng"])
-        generator.set_state(saved["augment_rng"])
-        order_rng.set_state(saved["order_rng"])
-        if device.type == "cuda" and saved.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state_all(saved["cuda_rng"])
+        _restore_streams(saved, model, optimizer, scheduler, order_rng, generator, device)
         best, best_state, stale = saved["best"], saved["best_state"], saved["stale"]
         result.history, result.best_epoch, result.resumed_from = saved["history"], saved["best_epoch"], saved["epoch"]
     start = time.perf_counter()
@@ -266,13 +280,9 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
             stale += 1
         if checkpoint:
             _save_checkpoint(checkpoint.path, {
-                "identity": identity, "meta": checkpoint.meta, "epoch": epoch, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(), "augment_rng": generator.get_state(),
-                "order_rng": order_rng.get_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None,
-                "best": best, "best_state": best_state, "best_epoch": result.best_epoch, "stale": stale,
-                "history": result.history})
+                "identity": identity, "meta": checkpoint.meta, "epoch": epoch, "best": best, "best_state": best_state,
+                "best_epoch": result.best_epoch, "stale": stale, "history": result.history,
+                **_stream_states(model, optimizer, scheduler, order_rng, generator, device)})
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         bar.set_postfix({k.replace("train/", ""): f"{metrics[k]:.4g}"
