@@ -6,7 +6,6 @@ tasks. They are usable without Prefect (the benchmark and GPU boxes call them di
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import warnings
@@ -118,16 +117,11 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     val_s, test_s = _score_split(model, val, dirs, model_cfg), _score_split(model, test, dirs, model_cfg)
     calibration = calibrate_scores(val_s.scores, val["label"].to_numpy(), test_s.scores, test["label"].to_numpy(),
                                    rule or model_cfg.calibrate.rule, model_cfg.calibrate.fallback_quantile, name, version)
-    calibration = replace(calibration, test_images=images_hash(test))
+    calibration = replace(calibration, test_images=dataset_hash(test, "source_sha256"))
     tracking.log_calibration(calibration)
     path = atomic_write_text(Path(workdir) / "calibration.json", json.dumps(calibration.to_dict(), indent=2))
     promoted_to, reason = promote(calibration, test, dirs, model_cfg)
     return CalibrateOutcome(calibration, promoted_to, reason, path)
-
-
-def images_hash(rows: pd.DataFrame) -> str:
-    """Identity of a set of source images, whatever the preprocessing: sha256 over their sha256s."""
-    return hashlib.sha256("\n".join(sorted(rows["source_sha256"])).encode()).hexdigest()[:16]
 
 
 def promote(candidate: Calibration, test: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig) -> tuple[str, str]:

@@ -52,9 +52,10 @@ def load_crops(rows: pd.DataFrame, crops_dir: Path) -> torch.Tensor:
     return torch.stack(images)
 
 
-def dataset_hash(rows: pd.DataFrame) -> str:
-    """Identity of a training set: sha256 over its sorted crop ids."""
-    return hashlib.sha256("\n".join(sorted(rows["crop_id"])).encode()).hexdigest()[:16]
+def dataset_hash(rows: pd.DataFrame, column: str = "crop_id") -> str:
+    """Identity of a set of manifest rows: sha256 over the sorted column (crop ids by default;
+    source_sha256 identifies the source images whatever the preprocessing)."""
+    return hashlib.sha256("\n".join(sorted(rows[column])).encode()).hexdigest()[:16]
 
 
 def beta_at(epoch: int, cfg: ModelConfig) -> float:
@@ -162,14 +163,15 @@ def recalibrate_batchnorm(model: nn.Module, clean: torch.Tensor, batch_size: int
     BatchNorm layers switch to train mode, so nothing else (e.g. a VQ codebook) learns here."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     model.eval()
+    momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the batches below
         norm.train()
     for start in range(0, len(clean), batch_size):
         model(clean[start:start + batch_size].to(device).float() / 255.0)
-    for norm in norms:
-        norm.momentum = 0.1
+    for norm, momentum in zip(norms, momenta):
+        norm.momentum = momentum
     model.eval()
 
 
