@@ -30,7 +30,7 @@ demo: $(STAMP)
 elpv: $(STAMP)
 	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,elpv]"
 	$(BIN)/panelscan elpv --out data/elpv
-	$(BIN)/panelscan pipeline --raw data/elpv --labels data/elpv/labels.csv --workdir data/elpv-work --crop none --model-name panel-anomaly-elpv
+	$(BIN)/panelscan pipeline --raw data/elpv --labels data/elpv/labels.csv --workdir data/elpv-work --model-name panel-anomaly-elpv
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -26,6 +26,24 @@ LABELS = ("ok", "crack", "loose_connector")
 
 
 @dataclass(frozen=True)
+class Scene:
+    """Camera conditions drawn per frame. The default is the embedded demo set; HARD_SCENE
+    stresses panel localisation (dim or glaring light, backgrounds brighter or darker than the
+    panel with strong gradients, heavy sensor noise, panels that nearly fill the frame)."""
+
+    light: tuple[float, float] = (0.82, 1.18)  # panel illumination gain
+    light_slope: float = 0.08  # illumination gradient across the panel
+    background: tuple[float, float] = (0.12, 0.32)  # background level in [0, 1]
+    background_slope: float = 0.1  # background gradient across the frame
+    noise: float = 1.5  # sensor noise, grey levels
+    scale: tuple[float, float] = (1.0, 1.0)  # panel size relative to PANEL_W x PANEL_H
+
+
+HARD_SCENE = Scene(light=(0.45, 1.6), light_slope=0.3, background=(0.05, 0.85), background_slope=0.35,
+                   noise=6.0, scale=(0.7, 1.4))
+
+
+@dataclass(frozen=True)
 class SynthFrame:
     image: Image.Image  # RGB frame
     label: str
@@ -118,29 +136,34 @@ def _panel(rng: np.random.Generator, label: str) -> tuple[np.ndarray, tuple[floa
     return panel, defect_box
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
+def _background(rng: np.random.Generator, scene: Scene) -> np.ndarray:
     yy, xx = np.mgrid[0:FRAME, 0:FRAME] / FRAME
-    gx, gy = rng.uniform(-0.1, 0.1, 2)
-    base = rng.uniform(0.12, 0.32) + gx * xx + gy * yy
+    gx, gy = rng.uniform(-scene.background_slope, scene.background_slope, 2)
+    base = rng.uniform(*scene.background) + gx * xx + gy * yy
     return base + rng.normal(0, 0.02, (FRAME, FRAME))
 
 
-def render_frame(rng: np.random.Generator, label: str) -> SynthFrame:
+def render_frame(rng: np.random.Generator, label: str, scene: Scene = Scene()) -> SynthFrame:
     """One camera frame holding one panel with the given label."""
     panel, defect = _panel(rng, label)
     yy, xx = np.mgrid[0:PANEL_H, 0:PANEL_W]
-    light = rng.uniform(0.82, 1.18) * (1 + rng.uniform(-0.08, 0.08) * (xx / PANEL_W - 0.5)
-                                        + rng.uniform(-0.08, 0.08) * (yy / PANEL_H - 0.5))
+    slope = scene.light_slope
+    light = rng.uniform(*scene.light) * (1 + rng.uniform(-slope, slope) * (xx / PANEL_W - 0.5)
+                                         + rng.uniform(-slope, slope) * (yy / PANEL_H - 0.5))
     panel_img = Image.fromarray(np.clip(panel * light * 255, 0, 255).astype(np.uint8))
+    if scene.scale != (1.0, 1.0):
+        k = rng.uniform(*scene.scale)
+        panel_img = panel_img.resize((round(PANEL_W * k), round(PANEL_H * k)), Image.BILINEAR)
+        defect = None if defect is None else tuple(v * k for v in defect)
     angle = rng.uniform(-4, 4)
     rotated = panel_img.rotate(angle, resample=Image.BILINEAR, expand=True)
     alpha = Image.new("L", panel_img.size, 255).rotate(angle, resample=Image.BILINEAR, expand=True)
     ox = int(rng.integers(4, FRAME - rotated.width - 4))
     oy = int(rng.integers(4, FRAME - rotated.height - 4))
-    frame = Image.fromarray(np.clip(_background(rng) * 255, 0, 255).astype(np.uint8))
+    frame = Image.fromarray(np.clip(_background(rng, scene) * 255, 0, 255).astype(np.uint8))
     frame.paste(rotated, (ox, oy), alpha)
     frame = frame.filter(ImageFilter.GaussianBlur(0.35))  # camera optics
-    noisy = np.asarray(frame, dtype=np.float64) + rng.normal(0, 1.5, (FRAME, FRAME))
+    noisy = np.asarray(frame, dtype=np.float64) + rng.normal(0, scene.noise, (FRAME, FRAME))
     tint = rng.uniform(0.94, 1.06, 3)  # white balance
     rgb = np.clip(noisy[..., None] * tint, 0, 255).astype(np.uint8)
     panel_box = _bbox_in_frame(alpha, ox, oy)
@@ -177,14 +200,14 @@ def label_plan(n: int, rng: np.random.Generator, defect_frac: float = 0.3) -> li
 
 
 def generate(out: Path, n: int = 600, seed: int = 0, defect_frac: float = 0.3,
-             prefix: str = "frame", progress=None) -> pd.DataFrame:
+             prefix: str = "frame", progress=None, scene: Scene = Scene()) -> pd.DataFrame:
     """Write n frames + labels.csv + panels.csv (true boxes) under out; deterministic per seed."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = []
     for i, label in enumerate(label_plan(n, rng, defect_frac)):
-        frame = render_frame(np.random.default_rng([seed, i]), label)
+        frame = render_frame(np.random.default_rng([seed, i]), label, scene)
         name = f"{prefix}_{seed:03d}_{i:05d}.png"
         frame.image.save(out / name)
         rows.append(dict(path=name, label=label, panel_id=f"panel-{seed:03d}-{i:05d}",
