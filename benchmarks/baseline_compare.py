@@ -20,7 +20,7 @@ from pipeline import tracking
 from pipeline.calibrate import evaluate
 from pipeline.config import PanelConfig
 from pipeline.ingest import WorkDirs, load_split
-from pipeline.scoring import score_crops
+from pipeline.scoring import per_image_max, score_crops
 from pipeline.train import load_crops
 
 
@@ -44,8 +44,11 @@ def compare(workdir: Path, groups: pd.Series | None, components: int) -> pd.Data
                           keep_heatmaps=False).scores[calibration["score_name"]],
               f"PCA reconstruction ({components} components)":
               pca_scores(flat(load_crops(train, dirs.crops)), flat(test_x), components)}
-    labels = test["label"].to_numpy()
-    group_of = test["source_path"].map(groups) if groups is not None else pd.Series(["all"] * len(test))
+    # Per image (max over its tiles; the identity without tiling), like calibration.
+    images = test.groupby("source_sha256", sort=False).first()
+    scores = {method: per_image_max({"s": values}, test["source_sha256"])[1]["s"] for method, values in scores.items()}
+    labels = images["label"].to_numpy()
+    group_of = images["source_path"].map(groups) if groups is not None else pd.Series(["all"] * len(images))
     rows = []
     for method, values in scores.items():
         row = {"method": method, **{k: evaluate(values, labels).get(k, np.nan) for k in ("roc_auc", "pr_auc")}}

@@ -23,6 +23,8 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 def _add_ingest(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crop", choices=["auto", "roi", "none"], help="panel cropping (default: auto)")
     p.add_argument("--image-size", type=int, help="model input side in pixels (default: 128)")
+    p.add_argument("--tile", type=int, help="cut the panel into overlapping tiles of this many source pixels; "
+                                            "an image scores as its worst tile (default: 0, no tiling)")
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -77,7 +79,8 @@ def parser() -> argparse.ArgumentParser:
 
 def build_config(args: argparse.Namespace) -> PanelConfig:
     cfg = PanelConfig.load(getattr(args, "config", None))
-    cfg = cfg.replace("ingest", crop=getattr(args, "crop", None), image_size=getattr(args, "image_size", None))
+    cfg = cfg.replace("ingest", crop=getattr(args, "crop", None), image_size=getattr(args, "image_size", None),
+                      tile=getattr(args, "tile", None))
     cfg = cfg.replace("tracking", model_name=getattr(args, "model_name", None))
     cfg = cfg.replace("model", model_type=getattr(args, "model", None), beta=getattr(args, "beta", None),
                       beta_schedule=getattr(args, "beta_schedule", None), free_bits=getattr(args, "free_bits", None),

@@ -17,6 +17,11 @@ class IngestConfig:
     crop: CropMode = "auto"
     roi: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in the source image, for crop="roi"
     image_size: int = 128  # crops are resized to image_size x image_size (grayscale)
+    # Tiling for large images / fine defects: the panel box is cut into overlapping tile x tile
+    # source-pixel patches, each resized to image_size and scored; an image's score is its worst
+    # tile's, and the report's region lies in that tile. 0: one crop per image.
+    tile: int = 0
+    tile_overlap: float = 0.25  # fraction of a tile shared with its neighbour
     min_side: int = 32  # smaller images are quarantined
     max_pixels: int = 50_000_000  # decompression-bomb guard
     split_seed: int = 0

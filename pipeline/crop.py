@@ -123,6 +123,26 @@ def panel_box(gray: torch.Tensor, mode: str, roi: Box | None = None) -> Box:
     raise ValueError(f"unknown crop mode {mode!r} (expected auto, roi or none)")
 
 
+def tile_boxes(box: Box, tile: int, overlap: float) -> list[Box]:
+    """Overlapping tile x tile boxes covering box, row by row; the last row/column is flush with
+    the box's far edge so nothing is left out. A box smaller than a tile is one tile (itself)."""
+    if tile <= 0:
+        return [box]
+    if not 0 <= overlap < 1:
+        raise ValueError(f"tile_overlap must be in [0, 1), got {overlap}")
+    x0, y0, x1, y1 = box
+    return [(x, y, min(x + tile, x1), min(y + tile, y1))
+            for y in _tile_starts(y0, y1, tile, overlap) for x in _tile_starts(x0, x1, tile, overlap)]
+
+
+def _tile_starts(start: int, end: int, tile: int, overlap: float) -> list[int]:
+    if end - start <= tile:
+        return [start]
+    stride = max(1, int(round(tile * (1 - overlap))))
+    starts = list(range(start, end - tile, stride))
+    return starts + [end - tile]
+
+
 def crop_resize(gray: torch.Tensor, box: Box, size: int) -> torch.Tensor:
     """Crop box out of a (1, H, W) uint8 image and resize it to (1, size, size) uint8."""
     x0, y0, x1, y1 = box

@@ -8,6 +8,7 @@ previous state intact and a re-run is safe.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -17,8 +18,8 @@ import pandas as pd
 import torch
 
 from pipeline.config import IngestConfig
-from pipeline.crop import Box, CropError, crop_resize, panel_box
-from pipeline.files import atomic_write_csv, sha256_bytes
+from pipeline.crop import Box, CropError, crop_resize, panel_box, tile_boxes
+from pipeline.files import atomic_write_csv, atomic_write_text, sha256_bytes
 from pipeline.images import ImageRejected, decode_file, write_png
 from pipeline.labels import UNCERTAIN, UNLABELLED, is_defect, load_labels, validate_labels
 
@@ -41,6 +42,10 @@ class WorkDirs:
     @property
     def manifest(self) -> Path:
         return self.root / "processed" / "manifest.csv"
+
+    @property
+    def preprocessing(self) -> Path:
+        return self.root / "processed" / "preprocessing.json"
 
     @property
     def quarantine(self) -> Path:
@@ -91,11 +96,12 @@ def list_inputs(raw: Path, cfg: IngestConfig) -> tuple[list[Path], list[Rejected
     return paths, rejected
 
 
-def prepare(path: Path, cfg: IngestConfig) -> Crop:
-    """Decode, validate and crop one file: the single preprocessing path for ingest and scoring."""
+def prepare(path: Path, cfg: IngestConfig) -> list[Crop]:
+    """Decode, validate and crop one file into its crops (one, or one per tile): the single
+    preprocessing path for ingest and scoring."""
     image = decode_file(path, min_side=cfg.min_side, max_pixels=cfg.max_pixels)
-    box = panel_box(image.pixels, cfg.crop, cfg.roi)
-    return Crop(Path(path), image.sha256, box, crop_resize(image.pixels, box, cfg.image_size))
+    boxes = tile_boxes(panel_box(image.pixels, cfg.crop, cfg.roi), cfg.tile, cfg.tile_overlap)
+    return [Crop(Path(path), image.sha256, box, crop_resize(image.pixels, box, cfg.image_size)) for box in boxes]
 
 
 def prepare_many(paths: Iterable[Path], cfg: IngestConfig, progress: Progress | None = None,
@@ -106,15 +112,16 @@ def prepare_many(paths: Iterable[Path], cfg: IngestConfig, progress: Progress | 
     crops, rejected, seen = [], [], dict(known or {})
     for i, path in enumerate(paths):
         try:
-            crop = prepare(path, cfg)
+            tiles = prepare(path, cfg)
         except (ImageRejected, CropError) as exc:
             rejected.append(Rejected(path, _sha_or_blank(path), str(exc)))
         else:
-            if crop.source_sha256 in seen:
-                rejected.append(Rejected(path, crop.source_sha256, f"duplicate of {seen[crop.source_sha256]}"))
+            sha = tiles[0].source_sha256
+            if sha in seen:
+                rejected.append(Rejected(path, sha, f"duplicate of {seen[sha]}"))
             else:
-                seen[crop.source_sha256] = path
-                crops.append(crop)
+                seen[sha] = path
+                crops.extend(tiles)
         if progress is not None:
             progress(i + 1, len(paths))
     return crops, rejected
@@ -197,10 +204,31 @@ class IngestResult:
     notes: tuple[str, ...] = ()  # problems found in the labels file, one clear message each
 
 
+PREPROCESSING_FIELDS = ("crop", "roi", "image_size", "tile", "tile_overlap")  # what makes a crop
+
+
+def preprocessing(cfg: IngestConfig) -> dict:
+    return json.loads(json.dumps({name: getattr(cfg, name) for name in PREPROCESSING_FIELDS}))  # tuples -> lists
+
+
+def check_preprocessing(dirs: WorkDirs, cfg: IngestConfig) -> None:
+    """One workdir holds crops made one way (recorded beside the manifest). Refuse an ingest that
+    would mix in crops made another way: the old crops would silently stay as they were."""
+    if not dirs.preprocessing.exists():
+        return
+    stored, wanted = json.loads(dirs.preprocessing.read_text()), preprocessing(cfg)
+    changed = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
+    if changed:
+        detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
+        raise ValueError(f"{dirs.root}: its crops were made with other preprocessing ({detail}); "
+                         f"use another --workdir, or delete {dirs.root / 'processed'} to rebuild")
+
+
 def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig,
            progress: Progress | None = None) -> IngestResult:
     """Ingest every new file of raw into workdir/processed; safe to re-run (incremental)."""
     raw, dirs = Path(raw).resolve(), WorkDirs(Path(workdir))
+    check_preprocessing(dirs, cfg)
     notes: list[str] = []
     inputs, escaped = list_inputs(raw, cfg)
     candidates = [p for p in inputs if labels_path is None or p.resolve() != Path(labels_path).resolve()]
@@ -215,6 +243,7 @@ def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig
     new_rows = crop_rows(fresh, raw, labels, dirs.crops)
     manifest = _with_splits(pd.concat([known, new_rows], ignore_index=True).astype(str), cfg)
     atomic_write_csv(dirs.manifest, manifest)
+    atomic_write_text(dirs.preprocessing, json.dumps(preprocessing(cfg), indent=2))
     record_quarantine(dirs, quarantine_rows(rejected, raw))
     return IngestResult(dirs.manifest, len(fresh), len(candidates) - len(todo), len(rejected),
                         manifest["split"].value_counts().to_dict(), tuple(notes))

@@ -8,9 +8,11 @@ back from the MLflow registry.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
@@ -81,6 +83,18 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
         return ScoredBatch({name: np.zeros(0) for name in score_names(model_cfg.model_type)}, torch.zeros(0, size, size))
     return ScoredBatch({name: np.concatenate([p.scores[name] for p in parts]) for name in parts[0].scores},
                        torch.cat([p.heatmaps for p in parts]))
+
+
+def per_image_max(scores: dict[str, np.ndarray], image_keys: Sequence[str]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Crop scores -> image scores: each image's max over its crops (tiles), per candidate score.
+    Images come out in first-seen order; with one crop per image this is the identity."""
+    table = pd.DataFrame(scores).assign(_image=list(image_keys)).groupby("_image", sort=False).max()
+    return list(table.index), {name: table[name].to_numpy() for name in scores}
+
+
+def worst_crop(values: np.ndarray, image_keys: Sequence[str]) -> np.ndarray:
+    """Position of each image's highest-scoring crop, images in first-seen order (as per_image_max)."""
+    return pd.Series(np.asarray(values)).groupby(list(image_keys), sort=False).idxmax().to_numpy()
 
 
 @torch.inference_mode()

@@ -25,7 +25,7 @@ from pipeline.files import atomic_write_text
 from pipeline.ingest import (Progress, WorkDirs, list_inputs, load_split, prepare_many, quarantine_rows,
                              record_quarantine)
 from pipeline.report import REPORT_COLUMNS, merge_report, save_heatmap
-from pipeline.scoring import ScoredBatch, score_crops, strongest_region
+from pipeline.scoring import ScoredBatch, per_image_max, score_crops, strongest_region, worst_crop
 from pipeline.train import Checkpointing, dataset_hash, load_crops, read_checkpoint, train_model
 
 LATEST_TRAIN = "latest_train.json"
@@ -90,8 +90,13 @@ def latest_trained_version(workdir: Path) -> str:
     return json.loads(path.read_text())["model_version"]
 
 
-def _score_split(model: torch.nn.Module, rows: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig) -> ScoredBatch:
-    return score_crops(model, load_crops(rows, dirs.crops), cfg.score, cfg.model, keep_heatmaps=False)
+def _score_images(model: torch.nn.Module, rows: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig
+                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Every candidate score per source image (max over its crops) and the image labels."""
+    scored = score_crops(model, load_crops(rows, dirs.crops), cfg.score, cfg.model, keep_heatmaps=False)
+    _, scores = per_image_max(scored.scores, rows["source_sha256"])
+    labels = rows.groupby("source_sha256", sort=False)["label"].first().to_numpy()
+    return scores, labels
 
 
 @dataclass(frozen=True)
@@ -114,9 +119,9 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     model = tracking.load_model(name, version)  # the registry copy: the same path scoring uses
     val = load_split(dirs.manifest, ["val"])
     test = load_split(dirs.manifest, ["test"])
-    val_s, test_s = _score_split(model, val, dirs, model_cfg), _score_split(model, test, dirs, model_cfg)
-    calibration = calibrate_scores(val_s.scores, val["label"].to_numpy(), test_s.scores, test["label"].to_numpy(),
-                                   rule or model_cfg.calibrate.rule, model_cfg.calibrate.fallback_quantile, name, version)
+    (val_s, val_y), (test_s, test_y) = _score_images(model, val, dirs, model_cfg), _score_images(model, test, dirs, model_cfg)
+    calibration = calibrate_scores(val_s, val_y, test_s, test_y, rule or model_cfg.calibrate.rule,
+                                   model_cfg.calibrate.fallback_quantile, name, version)
     calibration = replace(calibration, test_images=dataset_hash(test, "source_sha256"))
     tracking.log_calibration(calibration)
     path = atomic_write_text(Path(workdir) / "calibration.json", json.dumps(calibration.to_dict(), indent=2))
@@ -131,6 +136,7 @@ def promote(candidate: Calibration, test: pd.DataFrame, dirs: WorkDirs, cfg: Pan
     tested on the same source images; otherwise nothing is comparable and the candidate waits."""
     name, version = candidate.model_name, candidate.model_version
     new_auc = candidate.test.get("roc_auc", float("nan"))
+    n_images = int(candidate.test.get("n", 0))
     champion = tracking.current_version(name, tracking.CHAMPION)
     if champion is None or champion == version:
         alias, reason = tracking.CHAMPION, f"first calibrated version (test ROC-AUC {new_auc:.4f})"
@@ -144,11 +150,11 @@ def promote(candidate: Calibration, test: pd.DataFrame, dirs: WorkDirs, cfg: Pan
                 tracking.set_alias(name, version, tracking.CHALLENGER, reason)
                 return tracking.CHALLENGER, reason
             old_auc = old_cal.test.get("roc_auc", float("nan"))
-            basis = f"the same {len(test)} test images (recorded, other preprocessing)"
+            basis = f"the same {n_images} test images (recorded, other preprocessing)"
         else:
-            old_scores = _score_split(tracking.load_model(name, champion), test, dirs, old_cfg).scores[old_cal.score_name]
-            old_auc = evaluate(old_scores, test["label"].to_numpy()).get("roc_auc", float("nan"))
-            basis = f"same {len(test)} test crops"
+            old_scores, labels = _score_images(tracking.load_model(name, champion), test, dirs, old_cfg)
+            old_auc = evaluate(old_scores[old_cal.score_name], labels).get("roc_auc", float("nan"))
+            basis = f"same {n_images} test images"
         better = not np.isnan(new_auc) and (np.isnan(old_auc) or new_auc >= old_auc)
         alias = tracking.CHAMPION if better else tracking.CHALLENGER
         verdict = "beats" if better else "does not beat"
@@ -190,18 +196,20 @@ def score_stage(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "ch
     new = pd.DataFrame(rows, columns=REPORT_COLUMNS)
     scores, flagged = merge_report(day_dir, new)
     seconds = time.perf_counter() - start
-    outcome = ScoreOutcome(day_dir, version, len(crops), int(new["flagged"].sum()),
-                           len(rejected), len(crops) / seconds if seconds else 0.0)
+    outcome = ScoreOutcome(day_dir, version, len(new), int(new["flagged"].sum()),
+                           len(rejected), len(new) / seconds if seconds else 0.0)
     _log_score_run(outcome, scores, flagged, cfg, day_dir)
     return outcome
 
 
 def _report_rows(crops, scored: ScoredBatch, calibration: Calibration, raw: Path, day_dir: Path,
                  cfg: PanelConfig) -> list[dict]:
+    """One row per image, from its highest-scoring crop (tile): score, region and heatmap."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     values = scored.scores[calibration.score_name]
     rows = []
-    for crop, score, heat in zip(crops, values, scored.heatmaps):
+    for i in worst_crop(values, [crop.source_sha256 for crop in crops]):
+        crop, score, heat = crops[i], values[i], scored.heatmaps[i]
         flagged = bool(score >= calibration.threshold)
         region = strongest_region(heat, crop.bbox, cfg.score.region_size_frac)
         heatmap_path = ""

@@ -172,7 +172,7 @@ def test_formats_modes_and_exif_give_the_same_crop(synth_raw: Path, tmp_path: Pa
 
     cfg = IngestConfig(image_size=64)
     source = Image.open(synth_raw / pd.read_csv(synth_raw / "labels.csv")["path"][0]).convert("L")
-    reference = prepare(_save(source, tmp_path / "ref.png", "PNG"), cfg).pixels.float()
+    reference = prepare(_save(source, tmp_path / "ref.png", "PNG"), cfg)[0].pixels.float()
     wide = Image.fromarray(np.asarray(source).astype(np.uint16) * 257)  # full 16-bit range
     rotated = source.convert("RGB").rotate(90, expand=True)  # stored sideways, EXIF says turn it back
     exif = Image.Exif()
@@ -188,7 +188,7 @@ def test_formats_modes_and_exif_give_the_same_crop(synth_raw: Path, tmp_path: Pa
         "jpeg_exif": _save(rotated, tmp_path / "h.jpg", "JPEG", quality=95, exif=exif),
     }
     for name, path in variants.items():
-        crop = prepare(path, cfg).pixels.float()
+        crop = prepare(path, cfg)[0].pixels.float()
         tolerance = 3.0 if name.startswith("jpeg") else 0.5  # mean grey levels; JPEG is lossy
         assert (crop - reference).abs().mean() <= tolerance, name
 

@@ -40,7 +40,7 @@ def test_label_plan_is_exact_for_any_size():
 def test_defects_are_subtle_for_mean_intensity(synth_raw: Path):
     """A trivial score (mean intensity of the crop) must stay below 0.75 ROC-AUC."""
     labels = pd.read_csv(synth_raw / "labels.csv")
-    means = np.array([prepare(synth_raw / p, IngestConfig()).pixels.float().mean().item() for p in labels["path"]])
+    means = np.array([prepare(synth_raw / p, IngestConfig())[0].pixels.float().mean().item() for p in labels["path"]])
     y = labels["label"].ne("ok").to_numpy()
     auc = roc_auc_score(y, means)
     assert max(auc, 1 - auc) < 0.75
