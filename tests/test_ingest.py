@@ -1,3 +1,4 @@
+import os
 import shutil
 from pathlib import Path
 
@@ -40,9 +41,27 @@ def _png_of(array: np.ndarray) -> bytes:
     return encode_png(torch.from_numpy(array)[None]).numpy().tobytes()
 
 
-def test_bad_inputs_are_quarantined_with_reasons_and_raw_is_untouched(messy_raw: Path, tmp_path: Path):
+def _make_unreadable(path: Path, monkeypatch) -> None:
+    """chmod 000; as root (CI) permissions do not bite, so the OS refusal is simulated for this file."""
+    path.chmod(0)
+    if os.geteuid() == 0:
+        real = Path.read_bytes
+        def refuse(self: Path) -> bytes:
+            if self.name == path.name:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self)
+        monkeypatch.setattr(Path, "read_bytes", refuse)
+
+
+def test_bad_inputs_are_quarantined_with_reasons_and_raw_is_untouched(messy_raw: Path, synth_raw: Path,
+                                                                      tmp_path: Path, monkeypatch):
+    locked = messy_raw / "locked.png"
+    shutil.copy(synth_raw / pd.read_csv(synth_raw / "labels.csv")["path"][30], locked)
     before = tree_digest(messy_raw)
+    _make_unreadable(locked, monkeypatch)
     result = ingest(messy_raw, tmp_path / "work", messy_raw / "labels.csv", IngestConfig(image_size=64))
+    monkeypatch.undo()
+    locked.chmod(0o644)
     assert tree_digest(messy_raw) == before
     assert result.n_new == 20
     quarantine = pd.read_csv(WorkDirs(tmp_path / "work").quarantine, keep_default_na=False).set_index("path")
@@ -53,6 +72,7 @@ def test_bad_inputs_are_quarantined_with_reasons_and_raw_is_untouched(messy_raw:
     assert reasons["notes.txt"].startswith("not a decodable image")
     assert reasons["tiny.png"].startswith("too small")
     assert reasons["zz_copy_of_first.png"].startswith("duplicate of")
+    assert reasons["locked.png"] == "unreadable: Permission denied"
     assert set(quarantine.columns) >= {"sha256", "reason"}
     leftovers = [p for p in (tmp_path / "work").rglob("*.tmp")]
     assert leftovers == []
