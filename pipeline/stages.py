@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 
 from pipeline import tracking
-from pipeline.calibrate import Calibration, calibrate_scores, evaluate
+from pipeline.calibrate import Calibration, calibrate_scores, gate
 from pipeline.config import PanelConfig
 from pipeline.files import atomic_write_text
 from pipeline.ingest import (Progress, WorkDirs, list_inputs, load_split, prepare_many, quarantine_rows,
@@ -125,40 +125,46 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     calibration = replace(calibration, test_images=dataset_hash(test, "source_sha256"))
     tracking.log_calibration(calibration)
     path = atomic_write_text(Path(workdir) / "calibration.json", json.dumps(calibration.to_dict(), indent=2))
-    promoted_to, reason = promote(calibration, test, dirs, model_cfg)
+    promoted_to, reason = promote(calibration, test_s[calibration.score_name], test, dirs, model_cfg)
     return CalibrateOutcome(calibration, promoted_to, reason, path)
 
 
-def promote(candidate: Calibration, test: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig) -> tuple[str, str]:
-    """Champion gate: the candidate (trained with cfg) replaces the champion only when its test
-    ROC-AUC is at least the champion's, both scored now on the same test crops with their own
-    score and threshold. With other preprocessing, recorded AUCs are compared only when both were
-    tested on the same source images; otherwise nothing is comparable and the candidate waits."""
+def promote(candidate: Calibration, new_scores: np.ndarray, test: pd.DataFrame, dirs: WorkDirs,
+            cfg: PanelConfig) -> tuple[str, str]:
+    """Champion gate: the candidate (trained with cfg) replaces the champion unless its test
+    ROC-AUC is worse beyond the noise: the paired-bootstrap CI of (new - old) on the same test
+    images, each model with its own score function, lies wholly below zero. With other
+    preprocessing, the recorded AUCs are compared only when both were tested on the same source
+    images (the candidate's own CI against the champion's AUC); otherwise the candidate waits."""
     name, version = candidate.model_name, candidate.model_version
     new_auc = candidate.test.get("roc_auc", float("nan"))
     n_images = int(candidate.test.get("n", 0))
     champion = tracking.current_version(name, tracking.CHAMPION)
     if champion is None or champion == version:
-        alias, reason = tracking.CHAMPION, f"first calibrated version (test ROC-AUC {new_auc:.4f})"
+        reason = f"first calibrated version (test ROC-AUC {new_auc:.4f})"
+        tracking.set_alias(name, version, tracking.CHAMPION, reason)
+        return tracking.CHAMPION, reason
+    old_cfg = tracking.load_config(name, champion)
+    old_cal = tracking.load_calibration(name, champion)
+    if old_cfg.ingest == cfg.ingest:
+        old_scores, labels = _score_images(tracking.load_model(name, champion), test, dirs, old_cfg)
+        decision = gate(new_scores, old_scores[old_cal.score_name], labels)
+        better, numbers = decision.promote, decision.describe()
+        basis = f"the same {n_images} test images"
+    elif old_cal.test_images and old_cal.test_images == candidate.test_images:
+        old_auc = old_cal.test.get("roc_auc", float("nan"))
+        high = candidate.test.get("roc_auc_ci_high", new_auc)
+        better = not np.isnan(new_auc) and (np.isnan(old_auc) or high >= old_auc)
+        numbers = f"ROC-AUC {new_auc:.4f} (CI up to {high:.4f}) vs champion {old_auc:.4f}"
+        basis = f"the same {n_images} test images (recorded, other preprocessing)"
     else:
-        old_cfg = tracking.load_config(name, champion)
-        old_cal = tracking.load_calibration(name, champion)
-        if old_cfg.ingest != cfg.ingest:
-            if not old_cal.test_images or old_cal.test_images != candidate.test_images:
-                reason = (f"v{version} (test ROC-AUC {new_auc:.4f}) is not comparable with champion v{champion}: "
-                          "other preprocessing and other test images; set the alias by hand if intended")
-                tracking.set_alias(name, version, tracking.CHALLENGER, reason)
-                return tracking.CHALLENGER, reason
-            old_auc = old_cal.test.get("roc_auc", float("nan"))
-            basis = f"the same {n_images} test images (recorded, other preprocessing)"
-        else:
-            old_scores, labels = _score_images(tracking.load_model(name, champion), test, dirs, old_cfg)
-            old_auc = evaluate(old_scores[old_cal.score_name], labels).get("roc_auc", float("nan"))
-            basis = f"same {n_images} test images"
-        better = not np.isnan(new_auc) and (np.isnan(old_auc) or new_auc >= old_auc)
-        alias = tracking.CHAMPION if better else tracking.CHALLENGER
-        verdict = "beats" if better else "does not beat"
-        reason = f"v{version} test ROC-AUC {new_auc:.4f} {verdict} champion v{champion} {old_auc:.4f} on {basis}"
+        reason = (f"v{version} (test ROC-AUC {new_auc:.4f}) is not comparable with champion v{champion}: "
+                  "other preprocessing and other test images; set the alias by hand if intended")
+        tracking.set_alias(name, version, tracking.CHALLENGER, reason)
+        return tracking.CHALLENGER, reason
+    alias = tracking.CHAMPION if better else tracking.CHALLENGER
+    verdict = "replaces" if better else "is worse beyond the noise than"
+    reason = f"v{version} {verdict} champion v{champion} on {basis}: {numbers}"
     tracking.set_alias(name, version, alias, reason)
     return alias, reason
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from pipeline.calibrate import calibrate_scores, choose_threshold, evaluate
+from pipeline.calibrate import calibrate_scores, choose_threshold, evaluate, gate, roc_auc_ci
 
 
 @pytest.fixture()
@@ -70,3 +70,33 @@ def test_calibration_picks_score_on_validation_and_reports_test(scored):
     assert calibration.score_name == "good"
     assert calibration.test["threshold"] == calibration.threshold
     assert set(calibration.score_table) == {"good", "bad"}
+
+
+def _two_models(shift_new: float, shift_old: float, n: int = 300, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    labels = np.array(["ok"] * n + ["crack"] * (n // 2))
+    y = labels != "ok"
+    base = rng.normal(0, 1, len(labels))
+    return base + shift_new * y + rng.normal(0, 0.3, len(labels)), base + shift_old * y, labels
+
+
+def test_roc_auc_ci_brackets_the_auc_and_narrows_with_more_images():
+    small_new, _, small_labels = _two_models(1.0, 1.0, n=60)
+    big_new, _, big_labels = _two_models(1.0, 1.0, n=600)
+    auc = evaluate(big_new, big_labels)["roc_auc"]
+    low, high = roc_auc_ci(big_new, big_labels)
+    small_low, small_high = roc_auc_ci(small_new, small_labels)
+    assert low < auc < high and (high - low) < (small_high - small_low)
+
+
+def test_gate_keeps_the_champion_when_the_challenger_is_worse_and_promotes_when_better():
+    worse, champion, labels = _two_models(0.6, 1.5)
+    decision = gate(worse, champion, labels)
+    assert not decision.promote and decision.diff_high < 0 and "paired-bootstrap CI" in decision.describe()
+    better, champion, labels = _two_models(2.0, 1.0)
+    decision = gate(better, champion, labels)
+    assert decision.promote and decision.diff_low > 0 and decision.new_auc > decision.old_auc
+    same, champion, labels = _two_models(1.0, 1.0)  # within the noise: not worse beyond the CI
+    assert gate(same, champion, labels).promote
+    with pytest.raises(ValueError, match="clean and defect"):
+        gate(same[:10], champion[:10], labels[:10])

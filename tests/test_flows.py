@@ -112,7 +112,7 @@ def test_vqvae_and_convvae_register_side_by_side_and_are_compared_on_the_same_cr
         "latent/codebook_usage.csv", "latent/codebook_usage.png"}
     assert "codebook_dist" in outcome.calibration.score_table and "elbo" not in outcome.calibration.score_table
     n_test = int(outcome.calibration.test["n"])
-    assert f"on same {n_test} test images" in outcome.reason and outcome.promoted_to in ("champion", "challenger")
+    assert f"on the same {n_test} test images" in outcome.reason and "paired-bootstrap CI" in outcome.reason and outcome.promoted_to in ("champion", "challenger")
     assert not (work / "checkpoints" / "vqvae.pt").exists()  # registered: no stale checkpoint to resume
 
 
