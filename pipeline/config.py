@@ -81,7 +81,7 @@ class ScoreConfig:
     topk_frac: float = 0.01  # top 1% of pixels for topk_mean
     norm_eps: float = 0.5  # norm_blur_max divides by (clean error + norm_eps * its mean)
     batch_size: int = 64
-    region_size_frac: float = 0.125  # side of the reported strongest-error box, fraction of the crop
+    region_size_frac: float = 0.125  # smallest side of the reported strongest-error box, fraction of the crop
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
+from scipy import ndimage
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
@@ -109,14 +110,21 @@ def fit_error_reference(model: nn.Module, clean: torch.Tensor, batch_size: int =
     return model.error_ref
 
 
-def strongest_region(heatmap: torch.Tensor, bbox: tuple[int, int, int, int], size_frac: float
-                     ) -> tuple[int, int, int, int]:
-    """Box around the heatmap's peak, in source-image coordinates (crop box bbox, resized crop)."""
-    side = heatmap.shape[-1]
-    peak = int(torch.argmax(heatmap))
-    py, px = divmod(peak, heatmap.shape[-1])
-    half = max(1, int(round(size_frac * side / 2)))
+def strongest_region(heatmap: torch.Tensor, bbox: tuple[int, int, int, int], min_frac: float,
+                     level: float = 0.3) -> tuple[int, int, int, int]:
+    """Box of the strongest anomaly, in source-image coordinates (crop box bbox, resized crop):
+    the connected area around the heatmap's peak that stays above `level` of the way from the
+    map's median to its peak, so a long crack gets a long box and a pin a small one; at least
+    min_frac of the crop on each side."""
+    heat = heatmap.double().numpy()
+    py, px = np.unravel_index(int(np.argmax(heat)), heat.shape)
+    floor = np.median(heat)
+    labels, _ = ndimage.label(heat >= floor + level * (heat[py, px] - floor))
+    ys, xs = np.nonzero(labels == labels[py, px])
+    height, width = heat.shape
+    half_x, half_y = max(1, round(min_frac * width / 2)), max(1, round(min_frac * height / 2))
+    lx0, lx1 = min(xs.min(), max(0, px - half_x)), max(xs.max() + 1, min(width, px + half_x + 1))
+    ly0, ly1 = min(ys.min(), max(0, py - half_y)), max(ys.max() + 1, min(height, py + half_y + 1))
     x0, y0, x1, y1 = bbox
-    sx, sy = (x1 - x0) / side, (y1 - y0) / heatmap.shape[-2]
-    return (int(x0 + max(0, px - half) * sx), int(y0 + max(0, py - half) * sy),
-            int(math.ceil(x0 + min(side, px + half + 1) * sx)), int(math.ceil(y0 + min(heatmap.shape[-2], py + half + 1) * sy)))
+    sx, sy = (x1 - x0) / width, (y1 - y0) / height
+    return (int(x0 + lx0 * sx), int(y0 + ly0 * sy), int(math.ceil(x0 + lx1 * sx)), int(math.ceil(y0 + ly1 * sy)))

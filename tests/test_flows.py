@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -14,6 +15,7 @@ from prefect.testing.utilities import prefect_test_harness
 
 from pipeline import tracking
 from pipeline.config import PanelConfig
+from pipeline.crop import box_iou
 from pipeline.report import REPORT_COLUMNS
 from pipeline.scoring import score_crops
 from pipeline.synth import generate
@@ -67,6 +69,16 @@ def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys)
     assert all((day / p).exists() for p in flagged["heatmap_path"])
     quarantine = pd.read_csv(tmp_path / "work" / "quarantine" / "quarantine.csv")
     assert "broken.png" in set(quarantine["path"])
+    # the report's region is where the injected defect is (even for this 3-epoch, 64 px model)
+    truth = pd.read_csv(inbox / "panels.csv", keep_default_na=False).set_index("path")["defect_box"]
+    defects = scores[scores["image_path"].map(truth).fillna("") != ""]
+    ious = [box_iou(_box(r.region), _box(truth[r.image_path])) for r in defects.itertuples()]
+    print(f"region IoU with the true defect box: mean {np.mean(ious):.3f} over {len(ious)} defects")
+    assert len(ious) >= 4 and np.mean(ious) >= 0.2 and np.mean(np.array(ious) > 0) > 0.5
+
+
+def _box(text: str) -> tuple[int, ...]:
+    return tuple(map(int, text.split(",")))
 
 
 @pytest.mark.parametrize("model_type", ["convvae", "vqvae"])

@@ -26,8 +26,18 @@ def test_flagged_is_sorted_and_above_threshold_and_reruns_do_not_duplicate(tmp_p
 def test_strongest_region_maps_back_to_source_coordinates():
     heat = torch.zeros(64, 64)
     heat[10, 40] = 1.0
-    x0, y0, x1, y1 = strongest_region(heat, (100, 50, 228, 178), size_frac=0.125)  # crop scale 2
+    x0, y0, x1, y1 = strongest_region(heat, (100, 50, 228, 178), min_frac=0.125)  # crop scale 2
     assert x0 <= 100 + 2 * 40 <= x1 and y0 <= 50 + 2 * 10 <= y1
+    assert (x1 - x0, y1 - y0) == (18, 18)  # a single hot pixel: the minimum box, 2 x (4 + 1 + 4) px
+
+
+def test_strongest_region_follows_the_shape_of_the_anomaly():
+    heat = torch.rand(64, 64) * 0.1
+    heat[30:33, 5:55] = 1.0  # a long horizontal crack
+    heat[5:8, 5:8] = 0.9  # a separate, weaker spot: not part of the strongest region
+    x0, y0, x1, y1 = strongest_region(heat, (0, 0, 64, 64), min_frac=0.05)
+    assert x0 <= 5 and x1 >= 55 and y0 <= 30 and y1 >= 33  # the whole crack ...
+    assert y0 > 8 and (x1 - x0) > 5 * (y1 - y0)  # ... shaped like it, without the weaker spot
 
 
 def test_heatmap_overlay_is_rgb_uint8():
