@@ -101,20 +101,21 @@ def run(args: argparse.Namespace) -> str:
     if args.command == "elpv":
         counts = f.elpv_flow(args.out, args.type)
         return f"ELPV written to {args.out} ({counts}); labels: {args.out}/labels.csv"
-    config = build_config(args).to_dict()
+    cfg = build_config(args)
+    config = cfg.to_dict()
     if args.command == "ingest":
         r = f.ingest_flow(args.raw, args.workdir, args.labels, config)
         return f"manifest: {r.manifest_path} ({r.n_new} new, {r.n_quarantined} quarantined, splits {r.split_counts})"
     if args.command == "train":
         r = f.train_flow(args.workdir, config, args.resume)
-        return f"registered panel-anomaly version {r.model_version} ({r.model_type}, run {r.run_id})"
+        return f"registered {cfg.tracking.model_name} version {r.model_version} ({r.model_type}, run {r.run_id})"
     if args.command == "calibrate":
         r = f.calibrate_flow(args.workdir, config, args.model_version, args.rule)
         return _calibration_line(r)
     if args.command == "score":
         r = f.score_flow(args.raw, args.workdir, config, args.model_uri or "champion", args.out, args.date)
         return (f"report: {r.report_dir}/flagged.csv ({r.n_flagged} of {r.n_scored} images flagged by "
-                f"panel-anomaly v{r.model_version}; {r.n_quarantined} quarantined)")
+                f"{cfg.tracking.model_name} v{r.model_version}; {r.n_quarantined} quarantined)")
     if args.command == "pipeline":
         return _calibration_line(f.pipeline_flow(args.raw, args.labels, args.workdir, config, args.resume))
     raise ValueError(f"unknown command {args.command}")
@@ -122,8 +123,11 @@ def run(args: argparse.Namespace) -> str:
 
 def _calibration_line(r) -> str:
     cal = r.calibration
-    per_class = ", ".join(f"{k.removeprefix('roc_auc_')} {v:.3f}" for k, v in cal.test.items() if k.startswith("roc_auc_"))
-    return (f"panel-anomaly v{cal.model_version}: test ROC-AUC {cal.test.get('roc_auc', float('nan')):.3f} "
+    test = cal.test
+    per_class = ", ".join(f"{k.removeprefix('roc_auc_')} {v:.3f}" for k, v in test.items()
+                          if k.startswith("roc_auc_") and not k.startswith("roc_auc_ci"))
+    ci = f", 95% CI {test['roc_auc_ci_low']:.3f}-{test['roc_auc_ci_high']:.3f}" if "roc_auc_ci_low" in test else ""
+    return (f"{cal.model_name} v{cal.model_version}: test ROC-AUC {test.get('roc_auc', float('nan')):.3f}{ci} "
             f"({per_class}); score {cal.score_name}, threshold {cal.threshold:.4g} ({cal.rule}); {r.promoted_to}: {r.reason}")
 
 

@@ -119,7 +119,13 @@ def panel_box(gray: torch.Tensor, mode: str, roi: Box | None = None) -> Box:
             raise CropError(f"roi {roi} lies outside the {width}x{height} image")
         return roi
     if mode == "auto":
-        return locate_panel(gray)
+        try:
+            return locate_panel(gray)
+        except CropError:
+            # Nothing stands out from the border: a uniformly dark (dead) cell filling the frame,
+            # or an empty frame. Both are for an inspector to see, so score the whole frame
+            # rather than quarantine it (ELPV: all 8 such cells are labelled defective, p = 1).
+            return 0, 0, width, height
     raise ValueError(f"unknown crop mode {mode!r} (expected auto, roi or none)")
 
 

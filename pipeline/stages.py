@@ -18,13 +18,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pipeline import tracking
-from pipeline.calibrate import Calibration, calibrate_scores, gate
+from matplotlib.figure import Figure
+
+from pipeline import plots, tracking
+from pipeline.calibrate import Calibration, calibrate_scores, defect_targets, gate
 from pipeline.config import PanelConfig
 from pipeline.files import atomic_write_text
 from pipeline.ingest import (Progress, WorkDirs, list_inputs, load_split, prepare_many, quarantine_rows,
                              record_quarantine)
-from pipeline.report import REPORT_COLUMNS, merge_report, save_heatmap
+from pipeline.report import REPORT_COLUMNS, heatmap_overlay, merge_report, save_heatmap
 from pipeline.scoring import ScoredBatch, per_image_max, score_crops, strongest_region, worst_crop
 from pipeline.train import Checkpointing, dataset_hash, load_crops, read_checkpoint, train_model
 
@@ -123,10 +125,37 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     calibration = calibrate_scores(val_s, val_y, test_s, test_y, rule or model_cfg.calibrate.rule,
                                    model_cfg.calibrate.fallback_quantile, name, version)
     calibration = replace(calibration, test_images=dataset_hash(test, "source_sha256"))
-    tracking.log_calibration(calibration)
+    tracking.log_calibration(calibration, _calibration_figures(model, test, test_s[calibration.score_name], test_y,
+                                                               calibration, dirs, model_cfg))
     path = atomic_write_text(Path(workdir) / "calibration.json", json.dumps(calibration.to_dict(), indent=2))
     promoted_to, reason = promote(calibration, test_s[calibration.score_name], test, dirs, model_cfg)
     return CalibrateOutcome(calibration, promoted_to, reason, path)
+
+
+def _calibration_figures(model: torch.nn.Module, rows: pd.DataFrame, scores: np.ndarray, labels: np.ndarray,
+                         calibration: Calibration, dirs: WorkDirs, cfg: PanelConfig, per_kind: int = 6) -> dict[str, Figure]:
+    """The test split at the chosen score and threshold, as pictures for analysts."""
+    title = f"test, {calibration.score_name}"
+    figures = {"roc_pr": plots.roc_pr_figure(scores, labels, title),
+               "score_histogram": plots.score_histogram_figure(scores, labels, calibration.threshold, title),
+               "confusion": plots.confusion_figure(scores, labels, calibration.threshold, f"{title} at the threshold")}
+    keys = np.array(rows["source_sha256"].drop_duplicates())
+    defect, flagged = defect_targets(labels), scores >= calibration.threshold
+    false_pos = [i for i in np.argsort(-scores) if flagged[i] and not defect[i]][:per_kind]
+    false_neg = [i for i in np.argsort(scores) if defect[i] and not flagged[i]][:per_kind]
+    images, captions = [], []
+    for kind, picks in (("false positive", false_pos), ("missed", false_neg)):
+        for i in picks:
+            image_rows = rows[rows["source_sha256"] == keys[i]]
+            scored = score_crops(model, load_crops(image_rows, dirs.crops), cfg.score, cfg.model)
+            worst = int(np.argmax(scored.scores[calibration.score_name]))
+            heat, crop = scored.heatmaps[worst], load_crops(image_rows.iloc[[worst]], dirs.crops)[0]
+            side = heat.shape[-1]
+            images.append(heatmap_overlay(crop, heat, strongest_region(heat, (0, 0, side, side), cfg.score.region_size_frac)))
+            captions.append(f"{kind}: {labels[i]}\n{Path(image_rows['source_path'].iloc[0]).name[:24]} {scores[i]:.3g}")
+    figures["worst_errors"] = plots.example_grid_figure(
+        images, captions, f"worst false positives ({len(false_pos)}) and missed defects ({len(false_neg)}), {title}")
+    return figures
 
 
 def promote(candidate: Calibration, new_scores: np.ndarray, test: pd.DataFrame, dirs: WorkDirs,

@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
+from matplotlib.figure import Figure
 from torch import nn
 
 from pipeline.calibrate import Calibration
@@ -139,8 +140,9 @@ def load_calibration(model_name: str, version: str) -> Calibration:
     return Calibration.from_dict(data)
 
 
-def log_calibration(calibration: Calibration) -> None:
-    """Log eval/* metrics and calibration.json into the version's training run; tag the version."""
+def log_calibration(calibration: Calibration, figures: dict[str, Figure] | None = None) -> None:
+    """Log eval/* metrics, calibration.json, the score-function table and the figures
+    (calibration/<name>.png) into the version's training run; tag the version."""
     name, version = calibration.model_name, calibration.model_version
     run_id = version_run_id(name, version)
     with mlflow.start_run(run_id=run_id):
@@ -148,6 +150,9 @@ def log_calibration(calibration: Calibration) -> None:
         mlflow.log_metrics({f"eval_val/{k}": v for k, v in calibration.val.items() if k not in ("n", "n_defect")})
         mlflow.log_dict(calibration.to_dict(), CALIBRATION_ARTIFACT)
         mlflow.log_dict(calibration.score_table, "score_functions.json")
+        mlflow.log_text(score_table_markdown(calibration), "calibration/score_functions.md")
+        for figure_name, figure in (figures or {}).items():
+            mlflow.log_figure(figure, f"calibration/{figure_name}.png")
         mlflow.set_tags({"calibration.score": calibration.score_name, "calibration.rule": calibration.rule,
                          "calibration.fallback": str(calibration.fallback).lower()})
     client = MlflowClient()
@@ -155,6 +160,15 @@ def log_calibration(calibration: Calibration) -> None:
                        "threshold_rule": calibration.rule, "threshold_fallback": str(calibration.fallback).lower(),
                        "test_roc_auc": f"{calibration.test.get('roc_auc', float('nan')):.4f}"}.items():
         client.set_model_version_tag(name, version, key, value)
+
+
+def score_table_markdown(calibration: Calibration) -> str:
+    """Every candidate score's val and test ROC-AUC; the chosen one (best on val) marked."""
+    lines = ["| score | val ROC-AUC | test ROC-AUC | chosen |", "|---|---|---|---|"]
+    for name, row in calibration.score_table.items():
+        mark = "yes" if name == calibration.score_name else ""
+        lines.append(f"| {name} | {row['val_roc_auc']:.3f} | {row['test_roc_auc']:.3f} | {mark} |")
+    return "\n".join(lines) + "\n"
 
 
 def current_version(model_name: str, alias: str) -> str | None:

@@ -52,6 +52,12 @@ def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys)
     assert {"train/recon", "train/kl", "train/beta", "val/recon", "val/kl", "eval/roc_auc"} <= set(run.data.metrics)
     assert len(client.get_metric_history(version.run_id, "train/kl")) == 3  # one point per epoch
     assert version.tags["threshold_rule"] == "max-f1" and version.tags["model_type"] == "convvae"
+    figures = {a.path for a in client.list_artifacts(version.run_id, "calibration")}
+    assert figures == {f"calibration/{n}" for n in ("roc_pr.png", "score_histogram.png", "confusion.png",
+                                                     "worst_errors.png", "score_functions.md")}
+    table = mlflow.artifacts.load_text(f"runs:/{version.run_id}/calibration/score_functions.md")
+    assert f"| {cal.score_name} |" in table and table.count("| yes |") == 1 and len(table.splitlines()) == 2 + 5
+    assert cal.test["roc_auc_ci_low"] <= cal.test["roc_auc"] <= cal.test["roc_auc_ci_high"]
     latent = {a.path for a in client.list_artifacts(version.run_id, "latent")}
     assert latent == {"latent/kl_per_dim.csv", "latent/kl_per_dim.png"}
     kl_table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="latent/kl_per_dim.csv"))

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.config import IngestConfig
-from pipeline.crop import CropError, box_iou, locate_panel
+from pipeline.crop import CropError, box_iou, locate_panel, panel_box
 from pipeline.images import decode_file
 from pipeline.ingest import WorkDirs, ingest, load_split
 from pipeline.labels import LabelsError, load_labels
@@ -145,12 +145,15 @@ def test_auto_crop_keeps_a_frame_filling_cell_whole():
     assert box_iou(box, (0, 0, 300, 300)) >= 0.85, box
 
 
-def test_a_frame_with_no_panel_is_rejected_with_a_reason():
+def test_a_frame_with_nothing_distinct_is_scored_whole_not_dropped():
+    """A dead (uniformly dark) cell or an empty frame: the locator finds no panel, and auto
+    cropping keeps the whole frame so the image is scored and can be flagged."""
     rng = np.random.default_rng(1)
     yy, xx = np.mgrid[0:200, 0:200]
-    empty = np.clip(60 + 0.2 * xx + rng.normal(0, 3, (200, 200)), 0, 255).astype(np.uint8)
+    empty = torch.from_numpy(np.clip(16 + 0.02 * xx + rng.normal(0, 3, (200, 200)), 0, 255).astype(np.uint8))[None]
     with pytest.raises(CropError, match="no panel found"):
-        locate_panel(torch.from_numpy(empty)[None])
+        locate_panel(empty)
+    assert panel_box(empty, "auto") == (0, 0, 200, 200)
 
 
 def test_roi_and_none_crop_modes(synth_raw: Path, tmp_path: Path):
