@@ -173,6 +173,7 @@ class Calibration:
     test: dict[str, float]
     score_table: dict[str, dict[str, float]] = field(default_factory=dict)  # score -> val/test ROC-AUC
     test_images: str = ""  # sha256 over the test split's source images: which versions can be compared
+    defect_classifier: dict[str, Any] | None = None  # the suspected-defect hint (DefectTypeClassifier.to_dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

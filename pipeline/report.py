@@ -13,7 +13,8 @@ from pipeline.files import atomic_write_csv
 from pipeline.images import to_uint8, write_png
 
 REPORT_COLUMNS = ["image_path", "crop_id", "panel_id", "score", "threshold", "flagged", "severity", "region",
-                  "heatmap_path", "score_name", "model_name", "model_version", "scored_at"]
+                  "heatmap_path", "suspected_defect", "suspected_confidence", "score_name", "model_name",
+                  "model_version", "scored_at"]
 REPORT_KEY = ["image_path", "crop_id"]  # one row per image; the latest scoring wins
 
 

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from pipeline import plots, tracking
 from pipeline.calibrate import Calibration, calibrate_scores, defect_targets, gate
 from pipeline.config import PanelConfig
+from pipeline.defect_type import DefectTypeClassifier, error_features
 from pipeline.files import atomic_write_text
 from pipeline.ingest import (Progress, WorkDirs, list_inputs, load_split, prepare_many, quarantine_rows,
                              record_quarantine)
@@ -92,13 +93,37 @@ def latest_trained_version(workdir: Path) -> str:
     return json.loads(path.read_text())["model_version"]
 
 
-def _score_images(model: torch.nn.Module, rows: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig
-                  ) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Every candidate score per source image (max over its crops) and the image labels."""
-    scored = score_crops(model, load_crops(rows, dirs.crops), cfg.score, cfg.model, keep_heatmaps=False)
+@dataclass(frozen=True)
+class SplitScores:
+    """A split scored per source image (max over its crops), with what the hint needs."""
+
+    scores: dict[str, np.ndarray]  # score name -> per image
+    labels: np.ndarray  # per image
+    crops: ScoredBatch  # per crop, heatmaps kept when asked for
+    image_keys: pd.Series  # per crop: its source image
+
+    def heatmaps(self, score_name: str) -> torch.Tensor:
+        """Each image's anomaly map from its highest-scoring crop under score_name."""
+        return self.crops.heatmaps[worst_crop(self.crops.scores[score_name], self.image_keys)]
+
+
+def _score_images(model: torch.nn.Module, rows: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig,
+                  keep_heatmaps: bool = False) -> SplitScores:
+    scored = score_crops(model, load_crops(rows, dirs.crops), cfg.score, cfg.model, keep_heatmaps=keep_heatmaps)
     _, scores = per_image_max(scored.scores, rows["source_sha256"])
     labels = rows.groupby("source_sha256", sort=False)["label"].first().to_numpy()
-    return scores, labels
+    return SplitScores(scores, labels, scored, rows["source_sha256"])
+
+
+def _fit_defect_types(val: SplitScores, test: SplitScores, score_name: str) -> tuple[dict | None, float]:
+    """The suspected-defect hint, fitted on validation defects, its accuracy on test defects."""
+    val_defects, test_defects = defect_targets(val.labels), defect_targets(test.labels)
+    features = error_features(val.heatmaps(score_name)[torch.from_numpy(val_defects)])
+    classifier = DefectTypeClassifier.fit(features, val.labels[val_defects])
+    if classifier is None:
+        return None, float("nan")
+    test_features = error_features(test.heatmaps(score_name)[torch.from_numpy(test_defects)])
+    return classifier.to_dict(), classifier.accuracy(test_features, test.labels[test_defects])
 
 
 @dataclass(frozen=True)
@@ -121,14 +146,17 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     model = tracking.load_model(name, version)  # the registry copy: the same path scoring uses
     val = load_split(dirs.manifest, ["val"])
     test = load_split(dirs.manifest, ["test"])
-    (val_s, val_y), (test_s, test_y) = _score_images(model, val, dirs, model_cfg), _score_images(model, test, dirs, model_cfg)
-    calibration = calibrate_scores(val_s, val_y, test_s, test_y, rule or model_cfg.calibrate.rule,
-                                   model_cfg.calibrate.fallback_quantile, name, version)
-    calibration = replace(calibration, test_images=dataset_hash(test, "source_sha256"))
-    tracking.log_calibration(calibration, _calibration_figures(model, test, test_s[calibration.score_name], test_y,
-                                                               calibration, dirs, model_cfg))
+    val_s, test_s = _score_images(model, val, dirs, model_cfg, True), _score_images(model, test, dirs, model_cfg, True)
+    calibration = calibrate_scores(val_s.scores, val_s.labels, test_s.scores, test_s.labels,
+                                   rule or model_cfg.calibrate.rule, model_cfg.calibrate.fallback_quantile, name, version)
+    classifier, accuracy = _fit_defect_types(val_s, test_s, calibration.score_name)
+    if classifier is not None:
+        calibration.test["suspected_defect_accuracy"] = accuracy
+    calibration = replace(calibration, test_images=dataset_hash(test, "source_sha256"), defect_classifier=classifier)
+    tracking.log_calibration(calibration, _calibration_figures(model, test, test_s.scores[calibration.score_name],
+                                                               test_s.labels, calibration, dirs, model_cfg))
     path = atomic_write_text(Path(workdir) / "calibration.json", json.dumps(calibration.to_dict(), indent=2))
-    promoted_to, reason = promote(calibration, test_s[calibration.score_name], test, dirs, model_cfg)
+    promoted_to, reason = promote(calibration, test_s.scores[calibration.score_name], test, dirs, model_cfg)
     return CalibrateOutcome(calibration, promoted_to, reason, path)
 
 
@@ -176,8 +204,8 @@ def promote(candidate: Calibration, new_scores: np.ndarray, test: pd.DataFrame, 
     old_cfg = tracking.load_config(name, champion)
     old_cal = tracking.load_calibration(name, champion)
     if old_cfg.ingest == cfg.ingest:
-        old_scores, labels = _score_images(tracking.load_model(name, champion), test, dirs, old_cfg)
-        decision = gate(new_scores, old_scores[old_cal.score_name], labels)
+        old = _score_images(tracking.load_model(name, champion), test, dirs, old_cfg)
+        decision = gate(new_scores, old.scores[old_cal.score_name], old.labels)
         better, numbers = decision.promote, decision.describe()
         basis = f"the same {n_images} test images"
     elif old_cal.test_images and old_cal.test_images == candidate.test_images:
@@ -239,15 +267,20 @@ def score_stage(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "ch
 
 def _report_rows(crops, scored: ScoredBatch, calibration: Calibration, raw: Path, day_dir: Path,
                  cfg: PanelConfig) -> list[dict]:
-    """One row per image, from its highest-scoring crop (tile): score, region and heatmap."""
+    """One row per image, from its highest-scoring crop (tile): score, region, heatmap and, for
+    flagged images, the suspected defect type (when calibration had labelled defects)."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     values = scored.scores[calibration.score_name]
+    classifier = DefectTypeClassifier.from_dict(calibration.defect_classifier)
     rows = []
     for i in worst_crop(values, [crop.source_sha256 for crop in crops]):
         crop, score, heat = crops[i], values[i], scored.heatmaps[i]
         flagged = bool(score >= calibration.threshold)
         region = strongest_region(heat, crop.bbox, cfg.score.region_size_frac)
-        heatmap_path = ""
+        heatmap_path, suspected, confidence = "", "", float("nan")
+        if flagged and classifier is not None:
+            kinds, probabilities = classifier.predict(error_features(heat[None]))
+            suspected, confidence = str(kinds[0]), float(probabilities[0])
         if flagged:
             side = heat.shape[-1]
             local = strongest_region(heat, (0, 0, side, side), cfg.score.region_size_frac)
@@ -257,7 +290,8 @@ def _report_rows(crops, scored: ScoredBatch, calibration: Calibration, raw: Path
                          panel_id=str(crop.source_path.relative_to(raw).with_suffix("")), score=float(score),
                          threshold=calibration.threshold, flagged=flagged,
                          severity=float(score / calibration.threshold) if calibration.threshold else float("inf"),
-                         region=",".join(map(str, region)), heatmap_path=heatmap_path, score_name=calibration.score_name,
+                         region=",".join(map(str, region)), heatmap_path=heatmap_path, suspected_defect=suspected,
+                         suspected_confidence=confidence, score_name=calibration.score_name,
                          model_name=calibration.model_name, model_version=calibration.model_version, scored_at=now))
     return rows
 

@@ -58,6 +58,7 @@ def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys)
     table = mlflow.artifacts.load_text(f"runs:/{version.run_id}/calibration/score_functions.md")
     assert f"| {cal.score_name} |" in table and table.count("| yes |") == 1 and len(table.splitlines()) == 2 + 5
     assert cal.test["roc_auc_ci_low"] <= cal.test["roc_auc"] <= cal.test["roc_auc_ci_high"]
+    assert cal.defect_classifier is not None and 0 <= cal.test["suspected_defect_accuracy"] <= 1
     latent = {a.path for a in client.list_artifacts(version.run_id, "latent")}
     assert latent == {"latent/kl_per_dim.csv", "latent/kl_per_dim.png"}
     kl_table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="latent/kl_per_dim.csv"))
@@ -73,6 +74,8 @@ def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys)
     assert list(flagged.columns) == REPORT_COLUMNS
     assert (flagged["score"] >= flagged["threshold"]).all() and flagged["score"].is_monotonic_decreasing
     assert all((day / p).exists() for p in flagged["heatmap_path"])
+    assert set(flagged["suspected_defect"]) <= {"crack", "loose_connector"} and (flagged["suspected_defect"] != "").all()
+    assert set(scores.loc[~scores["flagged"], "suspected_defect"].fillna("")) <= {""}
     quarantine = pd.read_csv(tmp_path / "work" / "quarantine" / "quarantine.csv")
     assert "broken.png" in set(quarantine["path"])
     # the report's region is where the injected defect is (even for this 3-epoch, 64 px model)
