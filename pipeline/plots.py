@@ -74,7 +74,10 @@ def roc_pr_figure(scores: np.ndarray, labels: np.ndarray, title: str) -> Figure:
     roc_ax.set(xlabel="false positive rate (clean flagged)", ylabel="recall", title=f"ROC: {title}")
     pr_ax.set(xlabel="recall", ylabel="precision", title=f"precision-recall: {title}")
     for ax in (roc_ax, pr_ax):
-        ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8)
+        if ax.lines[0:1] and len(ax.get_legend_handles_labels()[0]):
+            ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no labelled defects in this split", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     return fig
 

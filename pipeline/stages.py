@@ -104,7 +104,7 @@ class SplitScores:
 
     def heatmaps(self, score_name: str) -> torch.Tensor:
         """Each image's anomaly map from its highest-scoring crop under score_name."""
-        return self.crops.heatmaps[worst_crop(self.crops.scores[score_name], self.image_keys)]
+        return self.crops.heatmaps[torch.as_tensor(worst_crop(self.crops.scores[score_name], self.image_keys).copy())]
 
 
 def _score_images(model: torch.nn.Module, rows: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig,

@@ -186,3 +186,21 @@ def test_gate_refuses_to_compare_models_tested_on_other_images(synth_raw: Path, 
     outcome = stages.calibrate_stage(tmp_path / "b", other_cfg)
     assert outcome.promoted_to == "challenger" and "not comparable" in outcome.reason
     assert str(MlflowClient().get_model_version_by_alias("panel-anomaly", "champion").version) == "1"
+
+
+def test_calibration_without_defect_labels_falls_back_and_says_so(synth_raw: Path, tmp_path: Path):
+    from pipeline import stages
+    from pipeline.ingest import ingest
+
+    labels = pd.read_csv(synth_raw / "labels.csv")
+    labels[labels["label"] == "ok"].to_csv(tmp_path / "ok_only.csv", index=False)  # defects unlabelled
+    cfg = small_config(epochs=1)
+    ingest(synth_raw, tmp_path / "w", tmp_path / "ok_only.csv", cfg.ingest)
+    stages.train_stage(tmp_path / "w", cfg, progress=False)
+    with pytest.warns(UserWarning, match="no defect labels"):
+        outcome = stages.calibrate_stage(tmp_path / "w", cfg)
+    cal = outcome.calibration
+    assert cal.fallback and cal.rule == "quantile:0.99" and cal.defect_classifier is None
+    version = MlflowClient().get_model_version("panel-anomaly", cal.model_version)
+    assert version.tags["threshold_fallback"] == "true" and version.tags["threshold_rule"] == "quantile:0.99"
+    assert MlflowClient().get_run(version.run_id).data.tags["calibration.fallback"] == "true"
