@@ -114,8 +114,9 @@ def run(args: argparse.Namespace) -> str:
         return _calibration_line(r)
     if args.command == "score":
         r = f.score_flow(args.raw, args.workdir, config, args.model_uri or "champion", args.out, args.date)
-        return (f"report: {r.report_dir}/flagged.csv ({r.n_flagged} of {r.n_scored} images flagged by "
-                f"{cfg.tracking.model_name} v{r.model_version}; {r.n_quarantined} quarantined)")
+        return (f"report: {r.report_dir}/flagged.csv ({r.n_flagged} of {r.n_report} images flagged by "
+                f"{cfg.tracking.model_name} v{r.model_version}; {r.n_scored} newly scored, {r.n_skipped} already "
+                f"in the ledger, {r.n_quarantined} quarantined)")
     if args.command == "pipeline":
         return _calibration_line(f.pipeline_flow(args.raw, args.labels, args.workdir, config, args.resume))
     raise ValueError(f"unknown command {args.command}")

@@ -115,9 +115,10 @@ def calibrate_flow(workdir: str = "data", config: dict | None = None, model_vers
 def score_flow(raw: str, workdir: str = "data", config: dict | None = None, model_ref: str = "champion",
                out: str | None = None, day: str | None = None) -> stages.ScoreOutcome:
     outcome = score_task(raw, workdir, config, model_ref, out, day)
-    get_run_logger().info("scored %d images with v%s (%d flagged, %d quarantined, %.1f images/s); report %s",
-                          outcome.n_scored, outcome.model_version, outcome.n_flagged, outcome.n_quarantined,
-                          outcome.images_per_s, outcome.report_dir)
+    get_run_logger().info("scored %d new images with v%s (%d already in the ledger, %d quarantined, %.1f images/s); "
+                          "report %s: %d of %d images flagged", outcome.n_scored, outcome.model_version,
+                          outcome.n_skipped, outcome.n_quarantined, outcome.images_per_s, outcome.report_dir,
+                          outcome.n_flagged, outcome.n_report)
     return outcome
 
 

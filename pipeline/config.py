@@ -80,7 +80,8 @@ class ScoreConfig:
     blur_sigma: float = 2.0  # pixels on the model-size crop, for blur_max and heatmaps
     topk_frac: float = 0.01  # top 1% of pixels for topk_mean
     norm_eps: float = 0.5  # norm_blur_max divides by (clean error + norm_eps * its mean)
-    batch_size: int = 64
+    batch_size: int = 64  # crops per forward pass
+    batch_images: int = 256  # images per ledger commit: the most a crash can make a re-run redo
     region_size_frac: float = 0.125  # smallest side of the reported strongest-error box, fraction of the crop
 
 

@@ -19,7 +19,7 @@ import torch
 
 from pipeline.config import IngestConfig
 from pipeline.crop import Box, CropError, crop_resize, panel_box, tile_boxes
-from pipeline.files import atomic_write_csv, atomic_write_text, sha256_bytes
+from pipeline.files import atomic_write_csv, atomic_write_text, sha256_bytes, sha256_file
 from pipeline.images import ImageRejected, decode_file, write_png
 from pipeline.labels import UNCERTAIN, UNLABELLED, is_defect, load_labels, validate_labels
 
@@ -42,6 +42,10 @@ class WorkDirs:
     @property
     def manifest(self) -> Path:
         return self.root / "processed" / "manifest.csv"
+
+    @property
+    def ledger(self) -> Path:
+        return self.root / "ledger.sqlite"
 
     @property
     def preprocessing(self) -> Path:
@@ -114,7 +118,7 @@ def prepare_many(paths: Iterable[Path], cfg: IngestConfig, progress: Progress | 
         try:
             tiles = prepare(path, cfg)
         except (ImageRejected, CropError) as exc:
-            rejected.append(Rejected(path, _sha_or_blank(path), str(exc)))
+            rejected.append(Rejected(path, sha256_file(path), str(exc)))
         else:
             sha = tiles[0].source_sha256
             if sha in seen:
@@ -125,13 +129,6 @@ def prepare_many(paths: Iterable[Path], cfg: IngestConfig, progress: Progress | 
         if progress is not None:
             progress(i + 1, len(paths))
     return crops, rejected
-
-
-def _sha_or_blank(path: Path) -> str:
-    try:
-        return sha256_bytes(Path(path).read_bytes())
-    except OSError:
-        return ""
 
 
 def assign_split(group: str, labels: set[str], cfg: IngestConfig) -> str:
@@ -237,7 +234,7 @@ def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig
     notes += label_notes
     known = read_table(dirs.manifest, MANIFEST_COLUMNS)
     known_sources = set(zip(known["source_path"], known["source_sha256"]))
-    todo = [p for p in candidates if (p.relative_to(raw).as_posix(), _sha_or_blank(p)) not in known_sources]
+    todo = [p for p in candidates if (p.relative_to(raw).as_posix(), sha256_file(p)) not in known_sources]
     fresh, rejected = prepare_many(todo, cfg, progress, dict(zip(known["source_sha256"], known["source_path"])))
     rejected = escaped + rejected
     new_rows = crop_rows(fresh, raw, labels, dirs.crops)

@@ -1,5 +1,6 @@
 """Inspector reports: data/reports/<date>/scores.csv (every image) and flagged.csv (flagged only,
-highest score first), plus heatmap overlays. Re-runs merge by image, never duplicate rows."""
+highest score first), plus heatmap overlays. Rebuilt from the scoring ledger on every run, so
+re-runs never duplicate an image."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from pipeline.images import to_uint8, write_png
 REPORT_COLUMNS = ["image_path", "crop_id", "panel_id", "score", "threshold", "flagged", "severity", "region",
                   "heatmap_path", "suspected_defect", "suspected_confidence", "score_name", "model_name",
                   "model_version", "scored_at"]
-REPORT_KEY = ["image_path", "crop_id"]  # one row per image; the latest scoring wins
 
 
 def heatmap_overlay(crop: torch.Tensor, heat: torch.Tensor, region: tuple[int, int, int, int] | None) -> torch.Tensor:
@@ -33,19 +33,15 @@ def save_heatmap(path: Path, crop: torch.Tensor, heat: torch.Tensor, region: tup
     return write_png(path, heatmap_overlay(crop, heat, region))
 
 
-def merge_report(day_dir: Path, new_rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Merge rows into day_dir/scores.csv (one row per image content; a re-run replaces its rows)
-    and rewrite flagged.csv; both atomically. Returns (scores, flagged)."""
+def write_report(day_dir: Path, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Write day_dir/scores.csv (every image once: the latest row per image path wins) and
+    flagged.csv (flagged only, highest score first), both atomically. Returns (scores, flagged)."""
     day_dir = Path(day_dir)
-    scores_path = day_dir / "scores.csv"
-    frames = [new_rows[REPORT_COLUMNS]]
-    if scores_path.exists():
-        frames.insert(0, pd.read_csv(scores_path, dtype={"model_version": str, "crop_id": str}, keep_default_na=False))
-    merged = pd.concat(frames, ignore_index=True)
-    merged["flagged"] = merged["flagged"].astype(str).str.lower() == "true"
-    merged = merged.drop_duplicates(REPORT_KEY, keep="last")
-    merged = merged.sort_values(["score", "image_path"], ascending=[False, True]).reset_index(drop=True)
-    flagged = merged[merged["flagged"]].reset_index(drop=True)
-    atomic_write_csv(scores_path, merged)
+    table = pd.DataFrame(rows, columns=REPORT_COLUMNS) if len(rows) else pd.DataFrame(columns=REPORT_COLUMNS)
+    table = table[REPORT_COLUMNS].drop_duplicates("image_path", keep="last")
+    table["flagged"] = table["flagged"].astype(str).str.lower() == "true"
+    table = table.sort_values(["score", "image_path"], ascending=[False, True]).reset_index(drop=True)
+    flagged = table[table["flagged"]].reset_index(drop=True)
+    atomic_write_csv(day_dir / "scores.csv", table)
     atomic_write_csv(day_dir / "flagged.csv", flagged)
-    return merged, flagged
+    return table, flagged

@@ -24,10 +24,11 @@ from pipeline import plots, tracking
 from pipeline.calibrate import Calibration, calibrate_scores, defect_targets, gate
 from pipeline.config import PanelConfig
 from pipeline.defect_type import DefectTypeClassifier, error_features
-from pipeline.files import atomic_write_text
+from pipeline.files import atomic_write_text, sha256_file
 from pipeline.ingest import (Progress, WorkDirs, list_inputs, load_split, prepare_many, quarantine_rows,
                              record_quarantine)
-from pipeline.report import REPORT_COLUMNS, heatmap_overlay, merge_report, save_heatmap
+from pipeline.ledger import Ledger
+from pipeline.report import heatmap_overlay, save_heatmap, write_report
 from pipeline.scoring import ScoredBatch, per_image_max, score_crops, strongest_region, worst_crop
 from pipeline.train import Checkpointing, dataset_hash, load_crops, read_checkpoint, train_model
 
@@ -230,15 +231,21 @@ def promote(candidate: Calibration, new_scores: np.ndarray, test: pd.DataFrame, 
 class ScoreOutcome:
     report_dir: Path
     model_version: str
-    n_scored: int
-    n_flagged: int
+    n_scored: int  # images scored by this run (earlier runs' images are in the report, not here)
+    n_skipped: int  # images the ledger says this version already scored for the date
+    n_flagged: int  # flagged images in the whole report
+    n_report: int  # images in the whole report
     n_quarantined: int
-    images_per_s: float
+    images_per_s: float  # this run's images, end to end (read, decode, crop, score, write)
 
 
 def score_stage(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "champion",
-                out: Path | None = None, day: date | None = None, progress: Progress | None = None) -> ScoreOutcome:
-    """Score every image under raw with one pinned model version; merge into the day's report."""
+                out: Path | None = None, day: date | None = None, progress: Progress | None = None,
+                paths: list[Path] | None = None) -> ScoreOutcome:
+    """Score the images under raw (or just `paths` inside it) with one model version, pinned for
+    the whole run, in batches of score.batch_images. Each batch's rows are committed to the
+    ledger before the next starts, so a crashed or killed run resumes where it stopped; the
+    day's report is then rebuilt from the ledger: every image exactly once."""
     start = time.perf_counter()
     tracking.configure(cfg.tracking)
     name = cfg.tracking.model_name
@@ -246,21 +253,37 @@ def score_stage(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "ch
     model_cfg = tracking.load_config(name, version)
     calibration = tracking.load_calibration(name, version)
     model = tracking.load_model(name, version)
-    raw = Path(raw).resolve()
+    raw, dirs = Path(raw).resolve(), WorkDirs(Path(workdir))
+    report_date = (day or date.today()).isoformat()
+    day_dir = Path(out or dirs.reports) / report_date
     inputs, escaped = list_inputs(raw, model_cfg.ingest)
-    crops, rejected = prepare_many(inputs, model_cfg.ingest, progress)
-    rejected = escaped + rejected
-    record_quarantine(WorkDirs(Path(workdir)), quarantine_rows(rejected, raw))
-    day_dir = Path(out or WorkDirs(Path(workdir)).reports) / (day or date.today()).isoformat()
-    rows = []
-    if crops:
-        scored = score_crops(model, torch.stack([c.pixels for c in crops]), model_cfg.score, model_cfg.model)
-        rows = _report_rows(crops, scored, calibration, raw, day_dir, model_cfg)
-    new = pd.DataFrame(rows, columns=REPORT_COLUMNS)
-    scores, flagged = merge_report(day_dir, new)
+    if paths is not None:
+        wanted = {Path(p).resolve() for p in paths}
+        inputs = [p for p in inputs if p.resolve() in wanted]
+    ledger = Ledger(dirs.ledger)
+    done = ledger.done(report_date, version)
+    shas = {p: sha256_file(p) for p in inputs}
+    todo = [p for p in inputs if shas[p] not in done]
+    seen: dict[str, Path] = {}
+    n_scored, n_rejected = 0, len(escaped)
+    record_quarantine(dirs, quarantine_rows(escaped, raw))
+    for first in range(0, len(todo), model_cfg.score.batch_images):
+        batch = todo[first:first + model_cfg.score.batch_images]
+        crops, rejected = prepare_many(batch, model_cfg.ingest, known=seen)
+        seen.update({c.source_sha256: c.source_path for c in crops})
+        record_quarantine(dirs, quarantine_rows(rejected, raw))
+        if crops:
+            scored = score_crops(model, torch.stack([c.pixels for c in crops]), model_cfg.score, model_cfg.model)
+            rows = _report_rows(crops, scored, calibration, raw, day_dir, model_cfg)
+            ledger.add(report_date, version, rows, [row["source_sha256"] for row in rows])
+            n_scored += len(rows)
+        n_rejected += len(rejected)
+        if progress is not None:
+            progress(first + len(batch), len(todo))
+    scores, flagged = write_report(day_dir, ledger.report_rows(report_date))
     seconds = time.perf_counter() - start
-    outcome = ScoreOutcome(day_dir, version, len(new), int(new["flagged"].sum()),
-                           len(rejected), len(new) / seconds if seconds else 0.0)
+    outcome = ScoreOutcome(day_dir, version, n_scored, len(inputs) - len(todo), len(flagged), len(scores),
+                           n_rejected, n_scored / seconds if seconds else 0.0)
     _log_score_run(outcome, scores, flagged, cfg, day_dir)
     return outcome
 
@@ -287,6 +310,7 @@ def _report_rows(crops, scored: ScoredBatch, calibration: Calibration, raw: Path
             heatmap_path = f"heatmaps/{crop.crop_id[:16]}.png"
             save_heatmap(day_dir / heatmap_path, crop.pixels, heat, local)
         rows.append(dict(image_path=crop.source_path.relative_to(raw).as_posix(), crop_id=crop.crop_id,
+                         source_sha256=crop.source_sha256,
                          panel_id=str(crop.source_path.relative_to(raw).with_suffix("")), score=float(score),
                          threshold=calibration.threshold, flagged=flagged,
                          severity=float(score / calibration.threshold) if calibration.threshold else float("inf"),
@@ -302,9 +326,10 @@ def _log_score_run(outcome: ScoreOutcome, scores: pd.DataFrame, flagged: pd.Data
     with mlflow.start_run(experiment_id=experiment, run_name=f"score-{day_dir.name}"):
         mlflow.log_params({"model_name": cfg.tracking.model_name, "model_version": outcome.model_version,
                            "report_date": day_dir.name})
-        mlflow.log_metrics({"n_scored": outcome.n_scored, "n_flagged": outcome.n_flagged,
-                            "n_quarantined": outcome.n_quarantined,
-                            "flag_rate": outcome.n_flagged / outcome.n_scored if outcome.n_scored else 0.0,
-                            "report_rows": len(scores), "report_flagged": len(flagged),
+        mlflow.log_metrics({"n_scored": outcome.n_scored, "n_skipped": outcome.n_skipped,
+                            "n_quarantined": outcome.n_quarantined, "n_report": outcome.n_report,
+                            "n_flagged": outcome.n_flagged,
+                            "flag_rate": outcome.n_flagged / outcome.n_report if outcome.n_report else 0.0,
                             "images_per_s": outcome.images_per_s})
         mlflow.log_artifact(str(day_dir / "flagged.csv"), "report")
+        mlflow.log_artifact(str(day_dir / "scores.csv"), "report")

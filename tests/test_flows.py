@@ -64,9 +64,10 @@ def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys)
     kl_table = pd.read_csv(mlflow.artifacts.download_artifacts(run_id=version.run_id, artifact_path="latent/kl_per_dim.csv"))
     assert len(kl_table) == 16 and run.data.tags["collapse"] == str(not kl_table["active"].any()).lower()
     score_runs = mlflow.search_runs(experiment_names=["panel-score"])
-    assert len(score_runs) == 2 and (score_runs["metrics.n_scored"] == 16).all()
+    assert len(score_runs) == 2 and sorted(score_runs["metrics.n_scored"]) == [0, 16]
+    assert (score_runs["metrics.n_report"] == 16).all()
     # the report: every image exactly once, flagged sorted and over threshold, broken file quarantined
-    assert first.n_scored == again.n_scored == 16 and first.n_quarantined == 1
+    assert (first.n_scored, again.n_scored, again.n_skipped, first.n_quarantined) == (16, 0, 16, 1)
     day = tmp_path / "work" / "reports" / "2026-01-02"
     scores = pd.read_csv(day / "scores.csv")
     flagged = pd.read_csv(day / "flagged.csv", keep_default_na=False)

@@ -1,20 +1,20 @@
 import pandas as pd
 import torch
 
-from pipeline.report import REPORT_COLUMNS, heatmap_overlay, merge_report
+from pipeline.report import REPORT_COLUMNS, heatmap_overlay, write_report
 from pipeline.scoring import strongest_region
 
 
 def _rows(scores, version="1"):
     return pd.DataFrame([dict(image_path=f"img{i}.png", crop_id=f"c{i}", panel_id=f"p{i}", score=s, threshold=1.0,
-                              flagged=s >= 1.0, severity=s, region="0,0,1,1", heatmap_path="", score_name="blur_max",
+                              flagged=s >= 1.0, severity=s, region="0,0,1,1", heatmap_path="", suspected_defect="",
+                              suspected_confidence=float("nan"), score_name="blur_max",
                               model_name="panel-anomaly", model_version=version, scored_at="t")
                          for i, s in enumerate(scores)], columns=REPORT_COLUMNS)
 
 
-def test_flagged_is_sorted_and_above_threshold_and_reruns_do_not_duplicate(tmp_path):
-    merge_report(tmp_path, _rows([0.5, 3.0, 1.5, 0.9]))
-    scores, flagged = merge_report(tmp_path, _rows([0.5, 3.0, 1.5, 0.9]))
+def test_flagged_is_sorted_and_above_threshold_and_each_image_once(tmp_path):
+    scores, flagged = write_report(tmp_path, pd.concat([_rows([0.5, 3.0, 1.5, 0.9])] * 2))
     assert len(scores) == 4
     on_disk = pd.read_csv(tmp_path / "flagged.csv")
     assert list(on_disk["image_path"]) == ["img1.png", "img2.png"]
@@ -45,7 +45,6 @@ def test_heatmap_overlay_is_rgb_uint8():
     assert image.shape == (3, 32, 32) and image.dtype == torch.uint8
 
 
-def test_rescoring_with_a_new_model_replaces_rows(tmp_path):
-    merge_report(tmp_path, _rows([0.5, 3.0], version="1"))
-    scores, _ = merge_report(tmp_path, _rows([0.4, 2.0], version="2"))
+def test_a_later_row_for_the_same_image_replaces_the_earlier(tmp_path):
+    scores, _ = write_report(tmp_path, pd.concat([_rows([0.5, 3.0], version="1"), _rows([0.4, 2.0], version="2")]))
     assert len(scores) == 2 and set(scores["model_version"].astype(str)) == {"2"}

@@ -1,0 +1,91 @@
+"""Exactly-once scoring: a scoring run killed mid-way (a real SIGKILL) and re-run reports every
+image once, with the scores an uninterrupted run gives; a re-run with nothing new adds nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.ingest import ingest
+from pipeline.stages import calibrate_stage, score_stage, train_stage
+from pipeline.synth import generate
+from tests.conftest import small_config
+
+SLOW_SCORER = """
+import json, sys, time
+from datetime import date
+from pathlib import Path
+import pipeline.stages as stages
+from pipeline.config import PanelConfig
+
+real = stages.score_crops
+def slow(*args, **kwargs):  # a big model on a slow box: each batch takes a while
+    time.sleep(0.15)
+    return real(*args, **kwargs)
+stages.score_crops = slow
+inbox, work, cfg = sys.argv[1], sys.argv[2], PanelConfig.from_dict(json.loads(sys.argv[3]))
+stages.score_stage(Path(inbox), Path(work), cfg, day=date(2026, 3, 1))
+"""
+
+
+def _ledger_count(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with sqlite3.connect(path) as db:
+        try:
+            return db.execute("SELECT COUNT(*) FROM scored").fetchone()[0]
+        except sqlite3.OperationalError:  # table not created yet
+            return 0
+
+
+@pytest.fixture()
+def champion(synth_raw: Path, tmp_path: Path):
+    cfg = small_config(epochs=1).replace("score", batch_images=1)
+    work = tmp_path / "work"
+    ingest(synth_raw, work, synth_raw / "labels.csv", cfg.ingest)
+    train_stage(work, cfg, progress=False)
+    calibrate_stage(work, cfg)
+    return work, cfg
+
+
+def test_killed_run_resumes_and_reports_each_image_once_with_identical_scores(champion, tmp_path: Path):
+    work, cfg = champion
+    inbox = tmp_path / "inbox"
+    generate(inbox, n=30, seed=21)
+    ledger = work / "ledger.sqlite"
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_SCORER, str(inbox), str(work), json.dumps(cfg.to_dict())],
+                            env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while _ledger_count(ledger) < 15 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    at_kill = _ledger_count(ledger)
+    assert 15 <= at_kill < 30, (at_kill, proc.stderr.read().decode()[-2000:])
+    day_dir = work / "reports" / "2026-03-01"
+    assert not list(day_dir.glob("*.csv")) or len(pd.read_csv(day_dir / "scores.csv")) < 30
+
+    resumed = score_stage(inbox, work, cfg, day=date(2026, 3, 1))
+    assert (resumed.n_skipped, resumed.n_scored, resumed.n_report) == (at_kill, 30 - at_kill, 30)
+    report = pd.read_csv(day_dir / "scores.csv", keep_default_na=False)
+    assert len(report) == 30 and report["image_path"].is_unique
+
+    clean_run = score_stage(inbox, tmp_path / "other-work", cfg, day=date(2026, 3, 1), out=tmp_path / "clean")
+    reference = pd.read_csv(clean_run.report_dir / "scores.csv", keep_default_na=False)
+    merged = report.merge(reference, on="image_path", suffixes=("", "_ref"))
+    assert len(merged) == 30 and (merged["score"] == merged["score_ref"]).all()
+    assert (merged["flagged"] == merged["flagged_ref"]).all() and (merged["region"] == merged["region_ref"]).all()
+
+    again = score_stage(inbox, work, cfg, day=date(2026, 3, 1))
+    assert (again.n_scored, again.n_skipped, again.n_report) == (0, 30, 30)
+    assert pd.read_csv(day_dir / "scores.csv", keep_default_na=False).equals(report)
