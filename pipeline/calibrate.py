@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from pipeline.drift import reference_quantiles
 from pipeline.labels import is_defect
 
 
@@ -174,6 +175,7 @@ class Calibration:
     score_table: dict[str, dict[str, float]] = field(default_factory=dict)  # score -> val/test ROC-AUC
     test_images: str = ""  # sha256 over the test split's source images: which versions can be compared
     defect_classifier: dict[str, Any] | None = None  # the suspected-defect hint (DefectTypeClassifier.to_dict)
+    clean_reference: list[float] = field(default_factory=list)  # quantiles of clean val scores, for drift
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -196,5 +198,7 @@ def calibrate_scores(val_scores: dict[str, np.ndarray], val_labels: np.ndarray,
     test = evaluate(test_scores[name], test_labels, choice.threshold)
     if "roc_auc" in test:
         test["roc_auc_ci_low"], test["roc_auc_ci_high"] = roc_auc_ci(test_scores[name], test_labels)
+    clean = val_scores[name][np.asarray(val_labels).astype(str) == "ok"]
     return Calibration(model_name, str(model_version), name, choice.threshold, choice.rule, choice.fallback, choice.note,
-                       evaluate(val_scores[name], val_labels, choice.threshold), test, table)
+                       evaluate(val_scores[name], val_labels, choice.threshold), test, table,
+                       clean_reference=reference_quantiles(clean) if len(clean) else [])

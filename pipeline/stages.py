@@ -27,8 +27,9 @@ from pipeline.defect_type import DefectTypeClassifier, error_features
 from pipeline.files import atomic_write_text, sha256_file
 from pipeline.ingest import (Progress, WorkDirs, list_inputs, load_split, prepare_many, quarantine_rows,
                              record_quarantine)
+from pipeline.drift import DriftCheck, check_drift
 from pipeline.ledger import Ledger
-from pipeline.report import heatmap_overlay, save_heatmap, write_report
+from pipeline.report import heatmap_overlay, save_heatmap, write_gallery, write_report
 from pipeline.scoring import ScoredBatch, per_image_max, score_crops, strongest_region, worst_crop
 from pipeline.train import Checkpointing, dataset_hash, load_crops, read_checkpoint, train_model
 
@@ -237,6 +238,7 @@ class ScoreOutcome:
     n_report: int  # images in the whole report
     n_quarantined: int
     images_per_s: float  # this run's images, end to end (read, decode, crop, score, write)
+    drift: DriftCheck
 
 
 def score_stage(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "champion",
@@ -281,10 +283,16 @@ def score_stage(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "ch
         if progress is not None:
             progress(first + len(batch), len(todo))
     scores, flagged = write_report(day_dir, ledger.report_rows(report_date))
+    drift = check_drift(scores["score"].to_numpy(float), calibration.threshold, calibration.clean_reference,
+                        model_cfg.score.drift_psi, model_cfg.score.drift_flag_rate)
+    atomic_write_text(day_dir / "drift.json", json.dumps(drift.to_dict(), indent=2))
+    write_gallery(day_dir, scores, f"panelscan {report_date}: {name} v{version}", drift.message if drift.drifted else "")
+    if drift.drifted:
+        warnings.warn(drift.message, stacklevel=2)
     seconds = time.perf_counter() - start
     outcome = ScoreOutcome(day_dir, version, n_scored, len(inputs) - len(todo), len(flagged), len(scores),
-                           n_rejected, n_scored / seconds if seconds else 0.0)
-    _log_score_run(outcome, scores, flagged, cfg, day_dir)
+                           n_rejected, n_scored / seconds if seconds else 0.0, drift)
+    _log_score_run(outcome, cfg, day_dir)
     return outcome
 
 
@@ -320,8 +328,7 @@ def _report_rows(crops, scored: ScoredBatch, calibration: Calibration, raw: Path
     return rows
 
 
-def _log_score_run(outcome: ScoreOutcome, scores: pd.DataFrame, flagged: pd.DataFrame, cfg: PanelConfig,
-                   day_dir: Path) -> None:
+def _log_score_run(outcome: ScoreOutcome, cfg: PanelConfig, day_dir: Path) -> None:
     experiment = tracking.experiment_id(cfg.tracking.score_experiment, cfg.tracking)
     with mlflow.start_run(experiment_id=experiment, run_name=f"score-{day_dir.name}"):
         mlflow.log_params({"model_name": cfg.tracking.model_name, "model_version": outcome.model_version,
@@ -331,5 +338,8 @@ def _log_score_run(outcome: ScoreOutcome, scores: pd.DataFrame, flagged: pd.Data
                             "n_flagged": outcome.n_flagged,
                             "flag_rate": outcome.n_flagged / outcome.n_report if outcome.n_report else 0.0,
                             "images_per_s": outcome.images_per_s})
-        mlflow.log_artifact(str(day_dir / "flagged.csv"), "report")
-        mlflow.log_artifact(str(day_dir / "scores.csv"), "report")
+        drift = outcome.drift
+        mlflow.log_metrics({f"drift_{k}": v for k, v in (("psi", drift.psi), ("ks", drift.ks)) if np.isfinite(v)})
+        mlflow.set_tags({"drift": str(drift.drifted).lower(), "drift_message": drift.message[:5000]})
+        for name in ("flagged.csv", "scores.csv", "index.html", "drift.json"):
+            mlflow.log_artifact(str(day_dir / name), "report")

@@ -37,3 +37,17 @@ def small_config(**train) -> PanelConfig:
     """Fast settings for tests: 64 px crops, a few epochs."""
     cfg = PanelConfig().replace("ingest", image_size=64).replace("model", latent_dim=16, channels=(16, 32, 32))
     return cfg.replace("train", **({"epochs": 3, "batch_size": 32} | train))
+
+
+@pytest.fixture()
+def champion(synth_raw: Path, tmp_path: Path):
+    """A calibrated champion (1 epoch, 64 px) in a temp workdir and store; scoring one image per batch."""
+    from pipeline.ingest import ingest
+    from pipeline.stages import calibrate_stage, train_stage
+
+    cfg = small_config(epochs=1).replace("score", batch_images=1)
+    work = tmp_path / "work"
+    ingest(synth_raw, work, synth_raw / "labels.csv", cfg.ingest)
+    train_stage(work, cfg, progress=False)
+    calibrate_stage(work, cfg)
+    return work, cfg

@@ -14,12 +14,9 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
-from pipeline.ingest import ingest
-from pipeline.stages import calibrate_stage, score_stage, train_stage
+from pipeline.stages import score_stage
 from pipeline.synth import generate
-from tests.conftest import small_config
 
 SLOW_SCORER = """
 import json, sys, time
@@ -46,16 +43,6 @@ def _ledger_count(path: Path) -> int:
             return db.execute("SELECT COUNT(*) FROM scored").fetchone()[0]
         except sqlite3.OperationalError:  # table not created yet
             return 0
-
-
-@pytest.fixture()
-def champion(synth_raw: Path, tmp_path: Path):
-    cfg = small_config(epochs=1).replace("score", batch_images=1)
-    work = tmp_path / "work"
-    ingest(synth_raw, work, synth_raw / "labels.csv", cfg.ingest)
-    train_stage(work, cfg, progress=False)
-    calibrate_stage(work, cfg)
-    return work, cfg
 
 
 def test_killed_run_resumes_and_reports_each_image_once_with_identical_scores(champion, tmp_path: Path):
