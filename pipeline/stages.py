@@ -25,9 +25,9 @@ from pipeline.calibrate import Calibration, calibrate_scores, defect_targets, ga
 from pipeline.config import PanelConfig
 from pipeline.defect_type import DefectTypeClassifier, error_features
 from pipeline.files import atomic_write_text, sha256_file
-from pipeline.ingest import (Progress, WorkDirs, list_inputs, load_split, prepare_many, quarantine_rows,
-                             record_quarantine)
 from pipeline.drift import DriftCheck, check_drift
+from pipeline.ingest import (QUARANTINE_COLUMNS, Progress, Rejected, WorkDirs, list_inputs, load_split,
+                             prepare_many, quarantine_rows, record_quarantine)
 from pipeline.ledger import Ledger
 from pipeline.report import heatmap_overlay, save_heatmap, write_gallery, write_report
 from pipeline.scoring import ScoredBatch, per_image_max, score_crops, strongest_region, worst_crop
@@ -241,59 +241,112 @@ class ScoreOutcome:
     drift: DriftCheck
 
 
-def score_stage(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "champion",
-                out: Path | None = None, day: date | None = None, progress: Progress | None = None,
-                paths: list[Path] | None = None) -> ScoreOutcome:
-    """Score the images under raw (or just `paths` inside it) with one model version, pinned for
-    the whole run, in batches of score.batch_images. Each batch's rows are committed to the
-    ledger before the next starts, so a crashed or killed run resumes where it stopped; the
-    day's report is then rebuilt from the ledger: every image exactly once."""
-    start = time.perf_counter()
+@dataclass(frozen=True)
+class ScoringPlan:
+    """What a scoring run will do, decided once before any image is scored: the model version
+    (pinned for the whole run, every shard), the date, and the images still to score."""
+
+    raw: str
+    model_version: str
+    report_date: str
+    todo: list[str]  # image paths, unique content, not yet in the ledger for this date + version
+    n_skipped: int  # already in the ledger
+    quarantine: list[dict]  # symlinks out of raw, duplicate content: rejected before scoring
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    n_scored: int
+    quarantine: list[dict]  # rows for quarantine.csv, recorded once by whoever finishes the run
+
+
+def plan_scoring(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "champion", day: date | None = None,
+                 paths: list[Path] | None = None) -> ScoringPlan:
+    """Pin the model version, list the images (all under raw, or just `paths`), drop what the
+    ledger already holds and reject duplicate content (each image path is reported once)."""
     tracking.configure(cfg.tracking)
-    name = cfg.tracking.model_name
-    version = tracking.resolve_version(name, model_ref)
-    model_cfg = tracking.load_config(name, version)
-    calibration = tracking.load_calibration(name, version)
-    model = tracking.load_model(name, version)
-    raw, dirs = Path(raw).resolve(), WorkDirs(Path(workdir))
+    version = tracking.resolve_version(cfg.tracking.model_name, model_ref)
+    ingest_cfg = tracking.load_config(cfg.tracking.model_name, version).ingest
+    raw = Path(raw).resolve()
     report_date = (day or date.today()).isoformat()
-    day_dir = Path(out or dirs.reports) / report_date
-    inputs, escaped = list_inputs(raw, model_cfg.ingest)
+    inputs, rejected = list_inputs(raw, ingest_cfg)
     if paths is not None:
         wanted = {Path(p).resolve() for p in paths}
         inputs = [p for p in inputs if p.resolve() in wanted]
+    done = Ledger(WorkDirs(Path(workdir)).ledger).done(report_date, version)
+    todo, seen, skipped = [], {}, 0
+    for path in inputs:
+        sha = sha256_file(path)
+        if sha in done:
+            skipped += 1
+        elif sha and sha in seen:
+            rejected.append(Rejected(path, sha, f"duplicate of {seen[sha].relative_to(raw)}"))
+        else:
+            seen[sha] = path
+            todo.append(str(path))
+    return ScoringPlan(str(raw), version, report_date, todo, skipped, quarantine_rows(rejected, raw).to_dict("records"))
+
+
+def score_shard(plan: ScoringPlan, paths: list[str], workdir: Path, cfg: PanelConfig, out: Path | None = None,
+                progress: Progress | None = None) -> ShardResult:
+    """Score some of a plan's images (one shard, or all of them) in batches of score.batch_images;
+    each batch's rows are committed to the ledger before the next batch starts."""
+    tracking.configure(cfg.tracking)
+    name, version = cfg.tracking.model_name, plan.model_version
+    model_cfg, calibration = tracking.load_config(name, version), tracking.load_calibration(name, version)
+    model = tracking.load_model(name, version)
+    raw, dirs = Path(plan.raw), WorkDirs(Path(workdir))
+    day_dir = Path(out or dirs.reports) / plan.report_date
     ledger = Ledger(dirs.ledger)
-    done = ledger.done(report_date, version)
-    shas = {p: sha256_file(p) for p in inputs}
-    todo = [p for p in inputs if shas[p] not in done]
-    seen: dict[str, Path] = {}
-    n_scored, n_rejected = 0, len(escaped)
-    record_quarantine(dirs, quarantine_rows(escaped, raw))
-    for first in range(0, len(todo), model_cfg.score.batch_images):
-        batch = todo[first:first + model_cfg.score.batch_images]
-        crops, rejected = prepare_many(batch, model_cfg.ingest, known=seen)
-        seen.update({c.source_sha256: c.source_path for c in crops})
-        record_quarantine(dirs, quarantine_rows(rejected, raw))
+    n_scored, quarantine = 0, []
+    for first in range(0, len(paths), model_cfg.score.batch_images):
+        batch = [Path(p) for p in paths[first:first + model_cfg.score.batch_images]]
+        crops, rejected = prepare_many(batch, model_cfg.ingest)
+        quarantine += quarantine_rows(rejected, raw).to_dict("records")
         if crops:
             scored = score_crops(model, torch.stack([c.pixels for c in crops]), model_cfg.score, model_cfg.model)
             rows = _report_rows(crops, scored, calibration, raw, day_dir, model_cfg)
-            ledger.add(report_date, version, rows, [row["source_sha256"] for row in rows])
+            ledger.add(plan.report_date, version, rows, [row["source_sha256"] for row in rows])
             n_scored += len(rows)
-        n_rejected += len(rejected)
         if progress is not None:
-            progress(first + len(batch), len(todo))
-    scores, flagged = write_report(day_dir, ledger.report_rows(report_date))
+            progress(first + len(batch), len(paths))
+    return ShardResult(n_scored, quarantine)
+
+
+def finish_scoring(plan: ScoringPlan, shards: list[ShardResult], workdir: Path, cfg: PanelConfig,
+                   out: Path | None = None, seconds: float = 0.0) -> ScoreOutcome:
+    """Record quarantine, rebuild the day's report from the ledger (every image once), check
+    drift, write the gallery and log the panel-score run."""
+    tracking.configure(cfg.tracking)
+    name, version = cfg.tracking.model_name, plan.model_version
+    model_cfg, calibration = tracking.load_config(name, version), tracking.load_calibration(name, version)
+    dirs = WorkDirs(Path(workdir))
+    day_dir = Path(out or dirs.reports) / plan.report_date
+    quarantine = plan.quarantine + [row for shard in shards for row in shard.quarantine]
+    record_quarantine(dirs, pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS))
+    scores, flagged = write_report(day_dir, Ledger(dirs.ledger).report_rows(plan.report_date))
     drift = check_drift(scores["score"].to_numpy(float), calibration.threshold, calibration.clean_reference,
                         model_cfg.score.drift_psi, model_cfg.score.drift_flag_rate)
     atomic_write_text(day_dir / "drift.json", json.dumps(drift.to_dict(), indent=2))
-    write_gallery(day_dir, scores, f"panelscan {report_date}: {name} v{version}", drift.message if drift.drifted else "")
+    write_gallery(day_dir, scores, f"panelscan {plan.report_date}: {name} v{version}", drift.message if drift.drifted else "")
     if drift.drifted:
         warnings.warn(drift.message, stacklevel=2)
-    seconds = time.perf_counter() - start
-    outcome = ScoreOutcome(day_dir, version, n_scored, len(inputs) - len(todo), len(flagged), len(scores),
-                           n_rejected, n_scored / seconds if seconds else 0.0, drift)
+    n_scored = sum(shard.n_scored for shard in shards)
+    outcome = ScoreOutcome(day_dir, version, n_scored, plan.n_skipped, len(flagged), len(scores),
+                           len(quarantine), n_scored / seconds if seconds else 0.0, drift)
     _log_score_run(outcome, cfg, day_dir)
     return outcome
+
+
+def score_stage(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "champion",
+                out: Path | None = None, day: date | None = None, progress: Progress | None = None,
+                paths: list[Path] | None = None) -> ScoreOutcome:
+    """Score the images under raw (or just `paths` inside it) in one process: plan, one shard,
+    finish. A crashed or killed run resumes where the ledger says it stopped."""
+    start = time.perf_counter()
+    plan = plan_scoring(raw, workdir, cfg, model_ref, day, paths)
+    shard = score_shard(plan, plan.todo, workdir, cfg, out, progress)
+    return finish_scoring(plan, [shard], workdir, cfg, out, time.perf_counter() - start)
 
 
 def _report_rows(crops, scored: ScoredBatch, calibration: Calibration, raw: Path, day_dir: Path,
