@@ -43,6 +43,15 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int)
 
 
+def _add_scale(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model-uri", help="models:/<name>@<alias> or models:/<name>/<version> "
+                                       "(default: the champion of --model-name)")
+    p.add_argument("--out", help="report root (default: <workdir>/reports)")
+    p.add_argument("--shards", type=int, default=1, help="split the images into this many scoring tasks")
+    p.add_argument("--dask-address", help="run the shards on this Dask scheduler (tcp://host:8786)")
+    p.add_argument("--dask-workers", type=int, help="run the shards on a local Dask cluster of this many processes")
+
+
 def parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="panelscan", description="Anomaly detection for equipment panel images.")
     sub = root.add_subparsers(dest="command", required=True)
@@ -65,10 +74,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-version", help="registered version to calibrate (default: the last trained)")
     p = sub.add_parser("score", help="score a folder of images with the champion model")
     p.add_argument("--raw", required=True)
-    p.add_argument("--model-uri", help="models:/<name>@<alias> or models:/<name>/<version> "
-                                       "(default: the champion of --model-name)")
-    p.add_argument("--out", help="report root (default: <workdir>/reports)")
     p.add_argument("--date", help="report date YYYY-MM-DD (default: today)")
+    _add_config(p), _add_scale(p)
+    p = sub.add_parser("nightly", help="score the images that arrived for a date (what the nightly deployment runs)")
+    p.add_argument("--inbox", default="data/inbox", help="<inbox>/YYYY-MM-DD/ folders, or files by modification time")
+    p.add_argument("--date", help="YYYY-MM-DD (default: yesterday in --timezone)")
+    p.add_argument("--timezone", default="UTC", help="the site's timezone, e.g. Europe/Berlin (default: UTC)")
+    _add_config(p), _add_scale(p)
+    p = sub.add_parser("serve", help="run the nightly-score, calibrate and train deployments on this machine")
+    p.add_argument("--inbox", default="data/inbox")
+    p.add_argument("--timezone", default="UTC", help="timezone of the nightly schedule (default: UTC)")
+    p.add_argument("--cron", default="0 2 * * *", help="nightly schedule (default: 02:00 every day)")
     _add_config(p)
     p = sub.add_parser("pipeline", help="ingest -> train -> calibrate -> promote")
     p.add_argument("--raw", default="data/raw")
@@ -112,11 +128,19 @@ def run(args: argparse.Namespace) -> str:
     if args.command == "calibrate":
         r = f.calibrate_flow(args.workdir, config, args.model_version, args.rule)
         return _calibration_line(r)
-    if args.command == "score":
-        r = f.score_flow(args.raw, args.workdir, config, args.model_uri or "champion", args.out, args.date)
+    if args.command in ("score", "nightly"):
+        scorer = f.on_dask(f.score_flow if args.command == "score" else f.nightly_flow, args.dask_address, args.dask_workers)
+        common = dict(workdir=args.workdir, config=config, model_ref=args.model_uri or "champion", out=args.out,
+                      day=args.date, shards=args.shards)
+        r = scorer(raw=args.raw, **common) if args.command == "score" else scorer(
+            inbox=args.inbox, timezone=args.timezone, **common)
+        drift = f"\n{r.drift.message}" if r.drift.drifted else ""
         return (f"report: {r.report_dir}/flagged.csv ({r.n_flagged} of {r.n_report} images flagged by "
                 f"{cfg.tracking.model_name} v{r.model_version}; {r.n_scored} newly scored, {r.n_skipped} already "
-                f"in the ledger, {r.n_quarantined} quarantined)")
+                f"in the ledger, {r.n_quarantined} quarantined){drift}")
+    if args.command == "serve":
+        f.serve_here(args.inbox, args.workdir, args.timezone, args.cron, config)
+        return "served"
     if args.command == "pipeline":
         return _calibration_line(f.pipeline_flow(args.raw, args.labels, args.workdir, config, args.resume))
     raise ValueError(f"unknown command {args.command}")

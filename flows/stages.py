@@ -3,15 +3,19 @@ and version strings, never tensors."""
 
 from __future__ import annotations
 
+import time
 from datetime import date
 from pathlib import Path
 
-from prefect import flow, get_run_logger, task
+from prefect import Flow, State, flow, get_run_logger, serve, task
+from prefect.schedules import Cron
+from prefect.states import Completed
 from tqdm.auto import tqdm
 
 from pipeline import stages
 from pipeline.config import PanelConfig
 from pipeline.datasets.elpv import write_elpv
+from pipeline.inbox import arrived_on, previous_day
 from pipeline.ingest import IngestResult, ingest
 from pipeline.synth import generate
 
@@ -50,11 +54,55 @@ def calibrate_task(workdir: str, config: dict | None, model_version: str | None,
     return stages.calibrate_stage(Path(workdir), _config(config), model_version, rule)
 
 
-@task(retries=1, retry_delay_seconds=2)
-def score_task(raw: str, workdir: str, config: dict | None, model_ref: str, out: str | None,
-               day: str | None) -> stages.ScoreOutcome:
-    return stages.score_stage(Path(raw), Path(workdir), _config(config), model_ref, Path(out) if out else None,
-                              date.fromisoformat(day) if day else None, _Bar("score"))
+@task(retries=3, retry_delay_seconds=5)
+def find_arrivals_task(inbox: str, day: str, timezone: str) -> tuple[str, list[str]]:
+    folder, paths = arrived_on(Path(inbox), date.fromisoformat(day), timezone)
+    return str(folder), [str(p) for p in paths]
+
+
+@task(retries=2, retry_delay_seconds=5)
+def plan_task(raw: str, workdir: str, config: dict | None, model_ref: str, day: str | None,
+              paths: list[str] | None) -> stages.ScoringPlan:
+    return stages.plan_scoring(Path(raw), Path(workdir), _config(config), model_ref,
+                               date.fromisoformat(day) if day else None, [Path(p) for p in paths] if paths is not None else None)
+
+
+@task(retries=2, retry_delay_seconds=5)
+def score_shard_task(plan: stages.ScoringPlan, paths: list[str], workdir: str, config: dict | None,
+                     out: str | None, show_progress: bool) -> stages.ShardResult:
+    """A retry resumes: the ledger already holds the batches scored before a failure."""
+    return stages.score_shard(plan, paths, Path(workdir), _config(config), Path(out) if out else None,
+                              _Bar("score") if show_progress else None)
+
+
+@task(retries=2, retry_delay_seconds=5)
+def finish_task(plan: stages.ScoringPlan, shards: list[stages.ShardResult], workdir: str, config: dict | None,
+                out: str | None, seconds: float) -> stages.ScoreOutcome:
+    return stages.finish_scoring(plan, shards, Path(workdir), _config(config), Path(out) if out else None, seconds)
+
+
+def _score_in_shards(raw: str, workdir: str, config: dict | None, model_ref: str, out: str | None,
+                     day: str | None, paths: list[str] | None, shards: int) -> stages.ScoreOutcome:
+    """Plan once (version pinned), score the shards through the flow's task runner (threads, or a
+    Dask cluster), then rebuild the report from the ledger."""
+    start = time.perf_counter()
+    plan = plan_task(raw, workdir, config, model_ref, day, paths)
+    parts = [plan.todo[i::shards] for i in range(max(1, shards))]
+    futures = [score_shard_task.submit(plan, part, workdir, config, out, shards == 1) for part in parts if part]
+    results = [future.result() for future in futures]
+    outcome = finish_task(plan, results, workdir, config, out, time.perf_counter() - start)
+    logger = get_run_logger()
+    logger.info("scored %d new images with v%s (%d already in the ledger, %d quarantined, %.1f images/s); "
+                "report %s: %d of %d images flagged", outcome.n_scored, outcome.model_version, outcome.n_skipped,
+                outcome.n_quarantined, outcome.images_per_s, outcome.report_dir, outcome.n_flagged, outcome.n_report)
+    if outcome.drift.drifted:
+        logger.warning(outcome.drift.message)
+    return outcome
+
+
+def _final_state(outcome: stages.ScoreOutcome) -> State:
+    """Completed either way; a drifted batch says so in the run's state message (not failed)."""
+    return Completed(message=outcome.drift.message if outcome.drift.drifted else None, data=outcome)
 
 
 @flow(name="synth")
@@ -113,13 +161,21 @@ def calibrate_flow(workdir: str = "data", config: dict | None = None, model_vers
 
 @flow(name="score")
 def score_flow(raw: str, workdir: str = "data", config: dict | None = None, model_ref: str = "champion",
-               out: str | None = None, day: str | None = None) -> stages.ScoreOutcome:
-    outcome = score_task(raw, workdir, config, model_ref, out, day)
-    get_run_logger().info("scored %d new images with v%s (%d already in the ledger, %d quarantined, %.1f images/s); "
-                          "report %s: %d of %d images flagged", outcome.n_scored, outcome.model_version,
-                          outcome.n_skipped, outcome.n_quarantined, outcome.images_per_s, outcome.report_dir,
-                          outcome.n_flagged, outcome.n_report)
-    return outcome
+               out: str | None = None, day: str | None = None, shards: int = 1) -> stages.ScoreOutcome:
+    """Score every image under raw into the day's report."""
+    return _final_state(_score_in_shards(raw, workdir, config, model_ref, out, day, None, shards))
+
+
+@flow(name="nightly-score")
+def nightly_flow(inbox: str = "data/inbox", workdir: str = "data", day: str | None = None, timezone: str = "UTC",
+                 config: dict | None = None, model_ref: str = "champion", out: str | None = None,
+                 shards: int = 1) -> stages.ScoreOutcome:
+    """Score the images that arrived for `day` (default: yesterday in `timezone`) with the
+    champion, pinned for the whole run; write the day's report, gallery and drift check."""
+    day = day or previous_day(timezone).isoformat()
+    folder, paths = find_arrivals_task(inbox, day, timezone)
+    get_run_logger().info("%d files arrived for %s in %s", len(paths), day, folder)
+    return _final_state(_score_in_shards(folder, workdir, config, model_ref, out, day, paths, shards))
 
 
 @flow(name="pipeline")
@@ -129,3 +185,31 @@ def pipeline_flow(raw: str = "data/raw", labels: str | None = None, workdir: str
     ingest_flow(raw, workdir, labels, config)
     outcome = train_flow(workdir, config, resume)
     return calibrate_flow(workdir, config, outcome.model_version)
+
+
+def on_dask(scoring_flow: Flow, address: str | None = None, workers: int | None = None) -> Flow:
+    """The flow with its scoring shards on a Dask cluster: an existing scheduler, or a local
+    cluster of worker processes; unchanged when neither is given."""
+    if not address and not workers:
+        return scoring_flow
+    from prefect_dask import DaskTaskRunner
+
+    runner = DaskTaskRunner(address=address) if address else DaskTaskRunner(
+        cluster_kwargs={"n_workers": workers, "threads_per_worker": 1, "processes": True})
+    return scoring_flow.with_options(task_runner=runner)
+
+
+def site_deployments(inbox: str, workdir: str, timezone: str = "UTC", cron: str = "0 2 * * *",
+                     config: dict | None = None) -> list:
+    """What `panelscan serve` runs for a small site: the nightly scoring on a schedule, and
+    calibrate / train on demand (`prefect deployment run 'calibrate/calibrate'`)."""
+    nightly = nightly_flow.to_deployment(
+        name="nightly-score", schedule=Cron(cron, timezone=timezone),
+        parameters={"inbox": inbox, "workdir": workdir, "timezone": timezone, "config": config or {}})
+    calibrate = calibrate_flow.to_deployment(name="calibrate", parameters={"workdir": workdir, "config": config or {}})
+    train = train_flow.to_deployment(name="train", parameters={"workdir": workdir, "config": config or {}})
+    return [nightly, calibrate, train]
+
+
+def serve_here(inbox: str, workdir: str, timezone: str, cron: str, config: dict | None) -> None:
+    serve(*site_deployments(inbox, workdir, timezone, cron, config))  # blocks until interrupted
