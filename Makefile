@@ -21,9 +21,9 @@ demo: $(STAMP)
 	$(BIN)/panelscan synth --out data/raw --n 600 --seed 0
 	$(BIN)/panelscan pipeline --raw data/raw --labels data/raw/labels.csv
 	$(BIN)/panelscan synth --out data/inbox/$(DEMO_DATE) --n 60 --seed 1
-	$(BIN)/panelscan score --raw data/inbox/$(DEMO_DATE) --date $(DEMO_DATE)
+	$(BIN)/panelscan nightly --inbox data/inbox --date $(DEMO_DATE)
 	@echo
-	@echo "Inspector report: data/reports/$(DEMO_DATE)/flagged.csv (all scores: data/reports/$(DEMO_DATE)/scores.csv)"
+	@echo "Inspector report: data/reports/$(DEMO_DATE)/index.html (gallery), flagged.csv, scores.csv"
 	@echo "MLflow UI:        $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db  -> http://127.0.0.1:5000"
 
 # The real-data run: ELPV solar cells (ok = probability 0, crack >= 2/3), cells fill the frame.
