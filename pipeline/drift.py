@@ -30,7 +30,8 @@ class DriftCheck:
     message: str
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """JSON-ready: a number that was not computed is null, not NaN (which JSON does not have)."""
+        return {k: None if isinstance(v, float) and not np.isfinite(v) else v for k, v in asdict(self).items()}
 
 
 def population_stability(reference: np.ndarray, current: np.ndarray, bins: int = 10) -> float:
