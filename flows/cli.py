@@ -86,6 +86,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timezone", default="UTC", help="timezone of the nightly schedule (default: UTC)")
     p.add_argument("--cron", default="0 2 * * *", help="nightly schedule (default: 02:00 every day)")
     _add_config(p)
+    p = sub.add_parser("bench", help="quality + speed next to baselines on identical splits (JSON + Markdown)")
+    p.add_argument("--quick", action="store_true", help="300 synthetic frames, 15 epochs: minutes on a CPU")
+    p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--raw", help="also benchmark this folder of images ...")
+    p.add_argument("--labels", help="... with this labels CSV (default: <raw>/labels.csv)")
+    p.add_argument("--config", type=Path, help="JSON file overriding config defaults")
     p = sub.add_parser("pipeline", help="ingest -> train -> calibrate -> promote")
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--labels")
@@ -138,6 +144,10 @@ def run(args: argparse.Namespace) -> str:
         return (f"report: {r.report_dir}/flagged.csv ({r.n_flagged} of {r.n_report} images flagged by "
                 f"{cfg.tracking.model_name} v{r.model_version}; {r.n_scored} newly scored, {r.n_skipped} already "
                 f"in the ledger, {r.n_quarantined} quarantined){drift}")
+    if args.command == "bench":
+        result = f.bench_flow(args.out, args.quick, args.raw, args.labels, config)
+        from pipeline.bench import markdown_table
+        return markdown_table(result)
     if args.command == "serve":
         f.serve_here(args.inbox, args.workdir, args.timezone, args.cron, config)
         return "served"

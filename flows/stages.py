@@ -3,6 +3,7 @@ and version strings, never tensors."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import date
 from pathlib import Path
@@ -14,7 +15,9 @@ from tqdm.auto import tqdm
 
 from pipeline import stages
 from pipeline.config import PanelConfig
+from pipeline.bench import bench_datasets, markdown_table, run_bench
 from pipeline.datasets.elpv import write_elpv
+from pipeline.files import atomic_write_text
 from pipeline.inbox import arrived_on, previous_day
 from pipeline.ingest import IngestResult, ingest
 from pipeline.synth import generate
@@ -185,6 +188,22 @@ def pipeline_flow(raw: str = "data/raw", labels: str | None = None, workdir: str
     ingest_flow(raw, workdir, labels, config)
     outcome = train_flow(workdir, config, resume)
     return calibrate_flow(workdir, config, outcome.model_version)
+
+
+@flow(name="bench")
+def bench_flow(out: str = "benchmarks/results", quick: bool = False, raw: str | None = None, labels: str | None = None,
+               config: dict | None = None) -> dict:
+    """Quality + speed, panelscan next to the baselines on identical splits; JSON + Markdown in out."""
+    logger = get_run_logger()
+    cfg = _config(config)
+    datasets = bench_datasets(Path(out), quick, raw, labels)
+    if quick:  # fewer epochs and images: the whole run in minutes on a laptop CPU
+        cfg = cfg.replace("train", epochs=15, min_epochs=10, patience=5)
+    result = run_bench(datasets, Path(out) / "work", cfg.replace("ingest", train_frac=0.7), log=logger.info)
+    name = "bench-quick" if quick else "bench"
+    atomic_write_text(Path(out) / f"{name}.json", json.dumps(result, indent=2, default=str))
+    atomic_write_text(Path(out) / f"{name}.md", markdown_table(result))
+    return result
 
 
 def on_dask(scoring_flow: Flow, address: str | None = None, workers: int | None = None) -> Flow:

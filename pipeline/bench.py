@@ -1,0 +1,222 @@
+"""The benchmark: panelscan's models next to the baselines an inspection team would otherwise
+use, on the identical split and preprocessing, plus speed, in one run (`panelscan bench`).
+
+Quality per data set: every method is fitted on the same clean training crops, scores the same
+val/test crops, and is judged per source image (max over its crops) on the same test images:
+test ROC-AUC / PR-AUC overall, per defect class and per group (e.g. ELPV cell type). Models
+choose their score function on validation, as calibration does. Baselines: PCA reconstruction
+error, mean distance to the 5 nearest clean crops on 32x32 pixels, isolation forest on PCA
+features (scikit-learn). Speed: I/O floor (read, decode, crop, resize) vs end-to-end scoring
+(the same + model + scores) on the same files, training seconds per epoch, peak memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.decomposition import PCA
+from sklearn.ensemble import IsolationForest
+from sklearn.neighbors import NearestNeighbors
+from torch.nn import functional as F
+
+from pipeline.calibrate import evaluate, select_score
+from pipeline.config import PanelConfig
+from pipeline.ingest import WorkDirs, ingest, load_split, prepare_many
+from pipeline.scoring import per_image_max, score_crops
+from pipeline.train import load_crops, train_model
+
+SCHEMA_VERSION = 1
+BASELINES = ("pca_recon", "knn5_pixels", "iforest_pca")
+METRICS = ("roc_auc", "pr_auc")
+
+
+@dataclass(frozen=True)
+class BenchDataset:
+    name: str
+    raw: Path
+    labels: Path
+    groups: dict[str, str] = field(default_factory=dict)  # source path -> group (e.g. mono/poly)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: torch.Tensor  # clean training crops, uint8 (N, 1, S, S)
+    val: pd.DataFrame
+    test: pd.DataFrame
+    val_x: torch.Tensor
+    test_x: torch.Tensor
+
+
+def images_hash(rows: pd.DataFrame) -> str:
+    """Identity of the test images every method is judged on."""
+    return hashlib.sha256("\n".join(sorted(set(rows["source_sha256"]))).encode()).hexdigest()[:16]
+
+
+def _flat(x: torch.Tensor, side: int | None = None) -> np.ndarray:
+    x = x.float() / 255.0
+    if side and x.shape[-1] != side:
+        x = F.interpolate(x, size=(side, side), mode="area")
+    return x.flatten(1).numpy()
+
+
+def baseline_scores(train: torch.Tensor, crops: dict[str, torch.Tensor], seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
+    """baseline -> split -> crop scores; each fitted on the clean training crops only."""
+    flat_train = _flat(train)
+    pca = PCA(n_components=min(32, len(flat_train) - 1), random_state=seed).fit(flat_train)
+    knn = NearestNeighbors(n_neighbors=min(5, len(train))).fit(_flat(train, 32))
+    forest = IsolationForest(n_estimators=200, random_state=seed).fit(pca.transform(flat_train))
+    out: dict[str, dict[str, np.ndarray]] = {name: {} for name in BASELINES}
+    for split, x in crops.items():
+        flat = _flat(x)
+        projected = pca.transform(flat)
+        out["pca_recon"][split] = ((flat - pca.inverse_transform(projected)) ** 2).mean(axis=1)
+        out["knn5_pixels"][split] = knn.kneighbors(_flat(x, 32))[0].mean(axis=1)
+        out["iforest_pca"][split] = -forest.score_samples(projected)
+    return out
+
+
+def image_metrics(crop_scores: np.ndarray, rows: pd.DataFrame, groups: dict[str, str]) -> dict[str, float]:
+    """Per-image (max over crops) test metrics overall, per class and per group."""
+    _, scores = per_image_max({"s": crop_scores}, rows["source_sha256"])
+    images = rows.groupby("source_sha256", sort=False).first()
+    labels = images["label"].to_numpy()
+    metrics = {k: v for k, v in evaluate(scores["s"], labels).items() if k.startswith(("roc_auc", "pr_auc", "n"))}
+    group_of = images["source_path"].map(groups) if groups else pd.Series(dtype=str)
+    for group in sorted(group_of.dropna().unique()):
+        pick = (group_of == group).to_numpy()
+        if "roc_auc" in (part := evaluate(scores["s"][pick], labels[pick])):
+            metrics[f"roc_auc_{group}"] = part["roc_auc"]
+    return metrics
+
+
+def prepare_split(dataset: BenchDataset, workdir: Path, cfg: PanelConfig) -> Split:
+    ingest(dataset.raw, workdir, dataset.labels, cfg.ingest)
+    dirs = WorkDirs(workdir)
+    train = load_split(dirs.manifest, ["train"], trainable_only=True)
+    val, test = load_split(dirs.manifest, ["val"]), load_split(dirs.manifest, ["test"])
+    return Split(load_crops(train, dirs.crops), val, test, load_crops(val, dirs.crops), load_crops(test, dirs.crops))
+
+
+def model_result(split: Split, cfg: PanelConfig, groups: dict[str, str]) -> tuple[dict, dict]:
+    """Train one family on the split, choose its score on val, report test; and its speed."""
+    clean_val = split.val_x[torch.tensor((split.val["label"] == "ok").to_numpy())]
+    trained = train_model(split.train, clean_val, cfg, progress=False)
+    val = score_crops(trained.model, split.val_x, cfg.score, cfg.model, keep_heatmaps=False)
+    _, val_images = per_image_max(val.scores, split.val["source_sha256"])
+    val_labels = split.val.groupby("source_sha256", sort=False)["label"].first().to_numpy()
+    name = select_score(val_images, val_labels)
+    test = score_crops(trained.model, split.test_x, cfg.score, cfg.model, keep_heatmaps=False)
+    metrics = image_metrics(test.scores[name], split.test, groups) | {"score": name,
+                                                                       "image_ids": images_hash(split.test)}
+    epochs = max(1, len(trained.history))
+    return metrics, {"train_seconds": trained.seconds, "seconds_per_epoch": trained.seconds / epochs,
+                     "epochs": epochs, "model": trained.model}
+
+
+def scoring_speed(model: torch.nn.Module, files: list[Path], cfg: PanelConfig) -> dict[str, float]:
+    """Images/s on the same files: I/O floor (read + decode + crop + resize) vs + model scores."""
+    start = time.perf_counter()
+    crops, _ = prepare_many(files, cfg.ingest)
+    floor = len(crops) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    crops, _ = prepare_many(files, cfg.ingest)
+    if crops:
+        score_crops(model, torch.stack([c.pixels for c in crops]), cfg.score, cfg.model, keep_heatmaps=False)
+    end_to_end = len(crops) / (time.perf_counter() - start)
+    return {"io_floor_images_per_s": floor, "end_to_end_images_per_s": end_to_end,
+            "end_to_end_share_of_floor": end_to_end / floor if floor else float("nan")}
+
+
+def run_dataset(dataset: BenchDataset, workdir: Path, cfg: PanelConfig, families: tuple[str, ...],
+                log: Callable[[str], None] = print) -> dict:
+    log(f"[{dataset.name}] ingest + split")
+    split = prepare_split(dataset, workdir, cfg)
+    test_ids = images_hash(split.test)
+    methods: dict[str, dict] = {}
+    speed: dict[str, dict] = {}
+    for family in families:
+        log(f"[{dataset.name}] train {family}")
+        family_cfg = cfg.replace("model", model_type=family)
+        metrics, timing = model_result(split, family_cfg, dataset.groups)
+        methods[f"panelscan_{family}"] = metrics
+        files = [Path(dataset.raw) / p for p in split.test["source_path"].drop_duplicates()]
+        speed[f"panelscan_{family}"] = {k: v for k, v in timing.items() if k != "model"} | scoring_speed(
+            timing["model"], files, family_cfg)
+    log(f"[{dataset.name}] baselines")
+    base = baseline_scores(split.train, {"test": split.test_x}, cfg.train.seed)
+    for name in BASELINES:
+        methods[name] = image_metrics(base[name]["test"], split.test, dataset.groups) | {"image_ids": test_ids}
+    return {"split": {"train_crops": len(split.train), "val_images": int(split.val["source_sha256"].nunique()),
+                      "test_images": int(split.test["source_sha256"].nunique()), "test_image_ids": test_ids,
+                      "image_size": cfg.ingest.image_size, "crop": cfg.ingest.crop, "tile": cfg.ingest.tile},
+            "methods": methods, "speed": speed}
+
+
+def machine() -> dict[str, str | int]:
+    return {"platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpu_count": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""}
+
+
+def run_bench(datasets: list[BenchDataset], root: Path, cfg: PanelConfig, families: tuple[str, ...] = ("convvae", "vqvae"),
+              log: Callable[[str], None] = print) -> dict:
+    """Every data set in its own fresh workdir under root; the whole result as one JSON-able dict."""
+    start = time.perf_counter()
+    results = {d.name: run_dataset(d, Path(root) / d.name, cfg, families, log) for d in datasets}
+    return {"schema_version": SCHEMA_VERSION, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine(), "config": cfg.to_dict(), "datasets": results,
+            "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "seconds": time.perf_counter() - start}
+
+
+def markdown_table(result: dict) -> str:
+    """Quality and speed tables, one row per data set and method."""
+    lines = ["| data set | method | test ROC-AUC | PR-AUC | per class / group ROC-AUC | score |",
+             "|---|---|---|---|---|---|"]
+    for name, data in result["datasets"].items():
+        for method, m in data["methods"].items():
+            extra = ", ".join(f"{k.removeprefix('roc_auc_')} {v:.3f}" for k, v in m.items()
+                              if k.startswith("roc_auc_") and isinstance(v, float))
+            lines.append(f"| {name} | {method} | {m.get('roc_auc', float('nan')):.3f} | "
+                         f"{m.get('pr_auc', float('nan')):.3f} | {extra} | {m.get('score', '')} |")
+    lines += ["", "| data set | model | s/epoch | I/O floor img/s | end-to-end img/s | share of floor |",
+              "|---|---|---|---|---|---|"]
+    for name, data in result["datasets"].items():
+        for method, s in data["speed"].items():
+            lines.append(f"| {name} | {method} | {s['seconds_per_epoch']:.2f} | {s['io_floor_images_per_s']:.0f} | "
+                         f"{s['end_to_end_images_per_s']:.0f} | {s['end_to_end_share_of_floor']:.0%} |")
+    m = result["machine"]
+    lines += ["", f"{result['date']}, {m['platform']}, {m['cpu_count']} torch threads{', ' + m['cuda'] if m['cuda'] else ''}; "
+              f"peak memory {result['peak_memory_mb']:.0f} MB; {result['seconds']:.0f} s in all."]
+    return "\n".join(lines) + "\n"
+
+
+def bench_datasets(out: Path, quick: bool, raw: str | None = None, labels: str | None = None) -> list[BenchDataset]:
+    """The synthetic set (generated under out), ELPV when the elpv-dataset package is installed
+    (full runs only), and any --raw/--labels folder."""
+    from pipeline.synth import generate
+
+    synth = Path(out) / ("synth-300" if quick else "synth-600")
+    if not (synth / "labels.csv").exists():
+        generate(synth, n=300 if quick else 600, seed=0)
+    datasets = [BenchDataset("synthetic", synth, synth / "labels.csv")]
+    if not quick:
+        try:
+            from pipeline.datasets.elpv import write_elpv
+            elpv = Path(out) / "elpv"
+            table = write_elpv(elpv) if not (elpv / "elpv.csv").exists() else pd.read_csv(elpv / "elpv.csv")
+            datasets.append(BenchDataset("elpv", elpv, elpv / "labels.csv", dict(zip(table["path"], table["type"]))))
+        except ImportError:
+            pass  # make elpv installs it
+    if raw:
+        datasets.append(BenchDataset(Path(raw).name, Path(raw), Path(labels) if labels else Path(raw) / "labels.csv"))
+    return datasets
