@@ -87,7 +87,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--cron", default="0 2 * * *", help="nightly schedule (default: 02:00 every day)")
     _add_config(p)
     p = sub.add_parser("bench", help="quality + speed next to baselines on identical splits (JSON + Markdown)")
-    p.add_argument("--quick", action="store_true", help="300 synthetic frames, 15 epochs: minutes on a CPU")
+    p.add_argument("--quick", action="store_true", help="synthetic set only (no ELPV): minutes on a CPU")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--raw", help="also benchmark this folder of images ...")
     p.add_argument("--labels", help="... with this labels CSV (default: <raw>/labels.csv)")

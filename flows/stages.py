@@ -197,8 +197,6 @@ def bench_flow(out: str = "benchmarks/results", quick: bool = False, raw: str | 
     logger = get_run_logger()
     cfg = _config(config)
     datasets = bench_datasets(Path(out), quick, raw, labels)
-    if quick:  # fewer epochs and images: the whole run in minutes on a laptop CPU
-        cfg = cfg.replace("train", epochs=15, min_epochs=10, patience=5)
     result = run_bench(datasets, Path(out) / "work", cfg.replace("ingest", train_frac=0.7), log=logger.info)
     name = "bench-quick" if quick else "bench"
     atomic_write_text(Path(out) / f"{name}.json", json.dumps(result, indent=2, default=str))

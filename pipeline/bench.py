@@ -201,13 +201,13 @@ def markdown_table(result: dict) -> str:
 
 
 def bench_datasets(out: Path, quick: bool, raw: str | None = None, labels: str | None = None) -> list[BenchDataset]:
-    """The synthetic set (generated under out), ELPV when the elpv-dataset package is installed
-    (full runs only), and any --raw/--labels folder."""
+    """The synthetic set (600 frames, generated under out), ELPV when the elpv-dataset package is
+    installed (full runs only: its training takes most of the time), and any --raw/--labels folder."""
     from pipeline.synth import generate
 
-    synth = Path(out) / ("synth-300" if quick else "synth-600")
+    synth = Path(out) / "synth-600"
     if not (synth / "labels.csv").exists():
-        generate(synth, n=300 if quick else 600, seed=0)
+        generate(synth, n=600, seed=0)
     datasets = [BenchDataset("synthetic", synth, synth / "labels.csv")]
     if not quick:
         try:
