@@ -14,7 +14,6 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature

@@ -14,7 +14,6 @@ from mlflow.tracking import MlflowClient
 from prefect.testing.utilities import prefect_test_harness
 
 from pipeline import tracking
-from pipeline.config import PanelConfig
 from pipeline.crop import box_iou
 from pipeline.report import REPORT_COLUMNS
 from pipeline.scoring import score_crops
