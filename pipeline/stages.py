@@ -104,9 +104,13 @@ class SplitScores:
     crops: ScoredBatch  # per crop, heatmaps kept when asked for
     image_keys: pd.Series  # per crop: its source image
 
+    def worst(self, score_name: str) -> np.ndarray:
+        """Position (among the crops) of each image's highest-scoring crop under score_name."""
+        return worst_crop(self.crops.scores[score_name], self.image_keys)
+
     def heatmaps(self, score_name: str) -> torch.Tensor:
         """Each image's anomaly map from its highest-scoring crop under score_name."""
-        return self.crops.heatmaps[torch.as_tensor(worst_crop(self.crops.scores[score_name], self.image_keys).copy())]
+        return self.crops.heatmaps[torch.as_tensor(self.worst(score_name).copy())]
 
 
 def _score_images(model: torch.nn.Module, rows: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig,
@@ -155,34 +159,31 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     if classifier is not None:
         calibration.test["suspected_defect_accuracy"] = accuracy
     calibration = replace(calibration, test_images=dataset_hash(test, "source_sha256"), defect_classifier=classifier)
-    tracking.log_calibration(calibration, _calibration_figures(model, test, test_s.scores[calibration.score_name],
-                                                               test_s.labels, calibration, dirs, model_cfg))
+    tracking.log_calibration(calibration, _calibration_figures(test_s, test, calibration, dirs, model_cfg))
     path = atomic_write_text(Path(workdir) / "calibration.json", json.dumps(calibration.to_dict(), indent=2))
     promoted_to, reason = promote(calibration, test_s.scores[calibration.score_name], test, dirs, model_cfg)
     return CalibrateOutcome(calibration, promoted_to, reason, path)
 
 
-def _calibration_figures(model: torch.nn.Module, rows: pd.DataFrame, scores: np.ndarray, labels: np.ndarray,
-                         calibration: Calibration, dirs: WorkDirs, cfg: PanelConfig, per_kind: int = 6) -> dict[str, Figure]:
+def _calibration_figures(test: SplitScores, rows: pd.DataFrame, calibration: Calibration, dirs: WorkDirs,
+                         cfg: PanelConfig, per_kind: int = 6) -> dict[str, Figure]:
     """The test split at the chosen score and threshold, as pictures for analysts."""
-    title = f"test, {calibration.score_name}"
+    title, scores, labels = f"test, {calibration.score_name}", test.scores[calibration.score_name], test.labels
     figures = {"roc_pr": plots.roc_pr_figure(scores, labels, title),
                "score_histogram": plots.score_histogram_figure(scores, labels, calibration.threshold, title),
                "confusion": plots.confusion_figure(scores, labels, calibration.threshold, f"{title} at the threshold")}
-    keys = np.array(rows["source_sha256"].drop_duplicates())
+    worst = test.worst(calibration.score_name)
     defect, flagged = defect_targets(labels), scores >= calibration.threshold
     false_pos = [i for i in np.argsort(-scores) if flagged[i] and not defect[i]][:per_kind]
     false_neg = [i for i in np.argsort(scores) if defect[i] and not flagged[i]][:per_kind]
     images, captions = [], []
     for kind, picks in (("false positive", false_pos), ("missed", false_neg)):
         for i in picks:
-            image_rows = rows[rows["source_sha256"] == keys[i]]
-            scored = score_crops(model, load_crops(image_rows, dirs.crops), cfg.score, cfg.model)
-            worst = int(np.argmax(scored.scores[calibration.score_name]))
-            heat, crop = scored.heatmaps[worst], load_crops(image_rows.iloc[[worst]], dirs.crops)[0]
+            row = rows.iloc[[worst[i]]]
+            heat, crop = test.crops.heatmaps[worst[i]], load_crops(row, dirs.crops)[0]
             side = heat.shape[-1]
             images.append(heatmap_overlay(crop, heat, strongest_region(heat, (0, 0, side, side), cfg.score.region_size_frac)))
-            captions.append(f"{kind}: {labels[i]}\n{Path(image_rows['source_path'].iloc[0]).name[:24]} {scores[i]:.3g}")
+            captions.append(f"{kind}: {labels[i]}\n{Path(row['source_path'].iloc[0]).name[:24]} {scores[i]:.3g}")
     figures["worst_errors"] = plots.example_grid_figure(
         images, captions, f"worst false positives ({len(false_pos)}) and missed defects ({len(false_neg)}), {title}")
     return figures
