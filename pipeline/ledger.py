@@ -59,12 +59,12 @@ class Ledger:
             db.executemany("INSERT OR REPLACE INTO scored VALUES (?, ?, ?, ?, ?)", records)
 
     def report_rows(self, report_date: str) -> pd.DataFrame:
-        """The date's rows, one per image path: the latest scoring wins (a new champion's rerun
-        replaces the old version's row instead of adding a second one)."""
+        """The date's rows, oldest scoring first: the report keeps the last row per image path, so a
+        new champion's rerun replaces the old version's row instead of adding a second one."""
         with self._connect() as db:
             rows = [json.loads(text) for (text,) in db.execute(
                 "SELECT row FROM scored WHERE report_date = ? ORDER BY rowid", (report_date,))]
         table = pd.DataFrame(rows)
         if table.empty:
             return table
-        return table.sort_values("scored_at", kind="stable").drop_duplicates("image_path", keep="last")
+        return table.sort_values("scored_at", kind="stable")

@@ -74,7 +74,7 @@ def roc_pr_figure(scores: np.ndarray, labels: np.ndarray, title: str) -> Figure:
     roc_ax.set(xlabel="false positive rate (clean flagged)", ylabel="recall", title=f"ROC: {title}")
     pr_ax.set(xlabel="recall", ylabel="precision", title=f"precision-recall: {title}")
     for ax in (roc_ax, pr_ax):
-        if ax.lines[0:1] and len(ax.get_legend_handles_labels()[0]):
+        if ax.get_legend_handles_labels()[0]:  # the ROC diagonal carries no label
             ax.legend(loc="lower right" if ax is roc_ax else "lower left", fontsize=8)
         else:
             ax.text(0.5, 0.5, "no labelled defects in this split", ha="center", va="center", transform=ax.transAxes)
