@@ -21,7 +21,11 @@ from torchvision.transforms.v2 import functional as TF
 from pipeline.config import ModelConfig, ScoreConfig
 from pipeline.models import latent_score_name, recon_nll
 
-MAP_SCORES = ("mse", "topk_mean", "blur_max", "norm_blur_max")  # from the error map alone
+# From the error map alone. The dark_* scores keep the residual's sign: how much darker than its
+# reconstruction an area is, averaged over a blur before the max, so a crack's or an inactive
+# region's missing brightness adds up while speckle of either sign cancels (EL and backlit panel
+# images show defects dark). Validation decides whether they beat the unsigned ones.
+MAP_SCORES = ("mse", "topk_mean", "blur_max", "norm_blur_max", "dark_blur_max", "dark_area_max")
 
 
 def score_names(model_type: str) -> tuple[str, ...]:
@@ -49,7 +53,8 @@ def score_maps(x: torch.Tensor, recon: torch.Tensor, latent: torch.Tensor, error
     """All candidate scores from one batch of inputs, reconstructions, latent scores (KL or
     codebook distance per image) and the clean error reference. The heatmap is the normalised blurred error: where this image's error
     exceeds what clean panels show at that pixel (connector edges always reconstruct worse)."""
-    error = (x - recon).pow(2)  # (B, 1, S, S)
+    residual = x - recon
+    error = residual.pow(2)  # (B, 1, S, S)
     flat = error.flatten(1)
     k = max(1, int(round(cfg.topk_frac * flat.shape[1])))
     ref = error_ref + cfg.norm_eps * error_ref.mean(dim=(1, 2, 3), keepdim=True)
@@ -59,6 +64,8 @@ def score_maps(x: torch.Tensor, recon: torch.Tensor, latent: torch.Tensor, error
         "topk_mean": flat.topk(k, dim=1).values.mean(dim=1),
         "blur_max": blur(error, cfg.blur_sigma).flatten(1).amax(dim=1),
         "norm_blur_max": heat.flatten(1).amax(dim=1),
+        "dark_blur_max": blur(-residual, cfg.blur_sigma).flatten(1).amax(dim=1),
+        "dark_area_max": blur(-residual, cfg.area_sigma).flatten(1).amax(dim=1),
     }
     if model_cfg.model_type == "vqvae":
         scores["codebook_dist"] = latent  # the farthest encoder vector from its nearest code
