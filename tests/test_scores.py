@@ -1,0 +1,36 @@
+"""Score functions from an error map: what each one notices."""
+
+import torch
+
+from pipeline.config import ModelConfig, ScoreConfig
+from pipeline.scoring import score_maps
+
+
+def _scores(x: torch.Tensor, recon: torch.Tensor) -> dict[str, float]:
+    n = x.shape[0]
+    batch = score_maps(x, recon, torch.zeros(n), torch.full((n, 1, 64, 64), 1e-3), ScoreConfig(), ModelConfig())
+    return {name: values.tolist() for name, values in batch.scores.items()}
+
+
+def test_dark_scores_see_a_dark_area_and_ignore_the_same_change_brighter() -> None:
+    recon = torch.full((3, 1, 64, 64), 0.5)
+    x = recon.clone()
+    x[1, :, 20:36, 20:36] -= 0.2  # an inactive (dark) area
+    x[2, :, 20:36, 20:36] += 0.2  # the same change, brighter
+    s = _scores(x, recon)
+    assert s["blur_max"][1] > s["blur_max"][0] and abs(s["blur_max"][1] - s["blur_max"][2]) < 1e-6
+    for name in ("dark_blur_max", "dark_area_max"):
+        assert s[name][1] > 0.05 and s[name][2] < 1e-3
+        assert abs(s[name][0]) < 1e-6
+
+
+def test_dark_area_max_lets_speckle_cancel_but_keeps_a_solid_area() -> None:
+    """Noise of either sign averages out over the wide blur; a solid dark patch of the same
+    per-pixel energy does not."""
+    gen = torch.Generator().manual_seed(0)
+    recon = torch.full((2, 1, 64, 64), 0.5)
+    x = recon.clone()
+    x[0] += torch.randn(1, 64, 64, generator=gen) * 0.1  # speckle everywhere
+    x[1, :, 16:48, 16:48] -= 0.1  # a dark area
+    s = _scores(x, recon)
+    assert s["dark_area_max"][1] > 3 * s["dark_area_max"][0]
