@@ -34,3 +34,14 @@ def test_dark_area_max_lets_speckle_cancel_but_keeps_a_solid_area() -> None:
     x[1, :, 16:48, 16:48] -= 0.1  # a dark area
     s = _scores(x, recon)
     assert s["dark_area_max"][1] > 3 * s["dark_area_max"][0]
+
+
+def test_blur_equals_torchvisions_gaussian_blur() -> None:
+    from torchvision.transforms.v2 import functional as TF
+
+    from pipeline.scoring import blur
+
+    maps = torch.rand(3, 1, 128, 128, generator=torch.Generator().manual_seed(1))
+    for sigma in (2.0, 8.0):
+        size = 2 * int(-(-3 * sigma // 1)) + 1
+        assert torch.allclose(blur(maps, sigma), TF.gaussian_blur(maps, [size, size], [sigma, sigma]), atol=1e-5)
