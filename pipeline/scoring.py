@@ -46,7 +46,7 @@ def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
     but as two 1-D passes: at the area sigma (49-tap kernel) its 2-D kernel cost more than the model."""
     if sigma <= 0:
         return error
-    size = 2 * math.ceil(3 * sigma) + 1
+    size = 2 * min(math.ceil(3 * sigma), min(error.shape[-2:]) - 1) + 1  # reflection needs pad < side
     taps = torch.exp(-0.5 * (torch.arange(size, dtype=error.dtype) - size // 2).pow(2) / sigma**2)
     taps = (taps / taps.sum()).view(1, 1, 1, size)
     pad = size // 2

@@ -45,3 +45,12 @@ def test_blur_equals_torchvisions_gaussian_blur() -> None:
     for sigma in (2.0, 8.0):
         size = 2 * int(-(-3 * sigma // 1)) + 1
         assert torch.allclose(blur(maps, sigma), TF.gaussian_blur(maps, [size, size], [sigma, sigma]), atol=1e-5)
+
+
+def test_area_blur_works_on_maps_smaller_than_its_kernel() -> None:
+    from pipeline.scoring import blur
+
+    tiny = torch.zeros(1, 1, 16, 16)
+    tiny[..., 8, 8] = 1.0
+    out = blur(tiny, 8.0)  # a 49-tap kernel, truncated to the map
+    assert out.shape == tiny.shape and torch.isfinite(out).all() and out.max() < 1.0
