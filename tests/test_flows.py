@@ -16,7 +16,7 @@ from prefect.testing.utilities import prefect_test_harness
 from pipeline import tracking
 from pipeline.crop import box_iou
 from pipeline.report import REPORT_COLUMNS
-from pipeline.scoring import score_crops
+from pipeline.scoring import score_crops, score_names
 from pipeline.synth import generate
 from pipeline.train import train_model
 from tests.conftest import small_config
@@ -55,7 +55,7 @@ def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys)
     assert figures == {f"calibration/{n}" for n in ("roc_pr.png", "score_histogram.png", "confusion.png",
                                                      "worst_errors.png", "score_functions.md")}
     table = mlflow.artifacts.load_text(f"runs:/{version.run_id}/calibration/score_functions.md")
-    assert f"| {cal.score_name} |" in table and table.count("| yes |") == 1 and len(table.splitlines()) == 2 + 5
+    assert f"| {cal.score_name} |" in table and table.count("| yes |") == 1 and len(table.splitlines()) == 2 + len(score_names("convvae"))
     assert cal.test["roc_auc_ci_low"] <= cal.test["roc_auc"] <= cal.test["roc_auc_ci_high"]
     assert cal.defect_classifier is not None and 0 <= cal.test["suspected_defect_accuracy"] <= 1
     latent = {a.path for a in client.list_artifacts(version.run_id, "latent")}
