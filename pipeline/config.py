@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 CropMode = Literal["auto", "roi", "none"]
-ScoreName = Literal["mse", "topk_mean", "blur_max", "norm_blur_max", "dark_blur_max", "dark_area_max", "elbo",
-                    "codebook_dist"]
 
 
 @dataclass(frozen=True)
