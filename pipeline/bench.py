@@ -32,7 +32,8 @@ from torch.nn import functional as F
 from pipeline.calibrate import evaluate, select_score
 from pipeline.config import PanelConfig
 from pipeline.ingest import WorkDirs, ingest, load_split, prepare_many
-from pipeline.scoring import per_image_max, score_crops
+from pipeline.families import train_models
+from pipeline.scoring import fit_score_scale, per_image_max, scaled_scores, score_crops
 from pipeline.train import load_crops, train_model
 
 SCHEMA_VERSION = 1
@@ -51,6 +52,7 @@ class BenchDataset:
 @dataclass(frozen=True)
 class Split:
     train: torch.Tensor  # clean training crops, uint8 (N, 1, S, S)
+    train_families: np.ndarray  # family per training crop ("" without a family column)
     val: pd.DataFrame
     test: pd.DataFrame
     val_x: torch.Tensor
@@ -104,22 +106,30 @@ def prepare_split(dataset: BenchDataset, workdir: Path, cfg: PanelConfig) -> Spl
     dirs = WorkDirs(workdir)
     train = load_split(dirs.manifest, ["train"], trainable_only=True)
     val, test = load_split(dirs.manifest, ["val"]), load_split(dirs.manifest, ["test"])
-    return Split(load_crops(train, dirs.crops), val, test, load_crops(val, dirs.crops), load_crops(test, dirs.crops))
+    return Split(load_crops(train, dirs.crops), train["family"].to_numpy(str), val, test, load_crops(val, dirs.crops),
+                 load_crops(test, dirs.crops))
 
 
 def model_result(split: Split, cfg: PanelConfig, groups: dict[str, str]) -> tuple[dict, dict]:
-    """Train one family on the split, choose its score on val, report test; and its speed."""
-    clean_val = split.val_x[torch.tensor((split.val["label"] == "ok").to_numpy())]
-    trained = train_model(split.train, clean_val, cfg, progress=False)
+    """Train one model type on the split (one model per family when the labels name families),
+    scale and choose its score on val as calibration does, report test; and its speed."""
+    clean = (split.val["label"] == "ok").to_numpy()
+    trained = train_models(split.train, split.train_families, split.val_x[torch.from_numpy(clean.copy())],
+                           split.val["family"].to_numpy(str)[clean], cfg,
+                           lambda _, tx, vx, family_cfg: train_model(tx, vx, family_cfg, progress=False))
     val = score_crops(trained.model, split.val_x, cfg.score, cfg.model, keep_heatmaps=False)
-    _, val_images = per_image_max(val.scores, split.val["source_sha256"])
+    scale = fit_score_scale(val.scores, val.family, clean, len(trained.results))
+    _, val_images = per_image_max(scaled_scores(val.scores, val.family, scale), split.val["source_sha256"])
     val_labels = split.val.groupby("source_sha256", sort=False)["label"].first().to_numpy()
     name = select_score(val_images, val_labels)
     test = score_crops(trained.model, split.test_x, cfg.score, cfg.model, keep_heatmaps=False)
-    metrics = image_metrics(test.scores[name], split.test, groups) | {"score": name,
-                                                                       "image_ids": images_hash(split.test)}
-    epochs = max(1, len(trained.history))
-    return metrics, {"train_seconds": trained.seconds, "seconds_per_epoch": trained.seconds / epochs,
+    metrics = image_metrics(scaled_scores(test.scores, test.family, scale)[name], split.test, groups) | {
+        "score": name, "image_ids": images_hash(split.test), "families": [f for f in trained.results if f]}
+    if trained.classifier is not None:
+        metrics["router_val_accuracy"] = trained.classifier.accuracy
+    results = trained.results.values()
+    seconds, epochs = sum(r.seconds for r in results), max(max(1, len(r.history)) for r in results)
+    return metrics, {"train_seconds": seconds, "seconds_per_epoch": seconds / epochs,  # one pass over all families
                      "epochs": epochs, "model": trained.model}
 
 
@@ -213,7 +223,7 @@ def bench_datasets(out: Path, quick: bool, raw: str | None = None, labels: str |
         try:
             from pipeline.datasets.elpv import write_elpv
             elpv = Path(out) / "elpv"
-            table = write_elpv(elpv) if not (elpv / "elpv.csv").exists() else pd.read_csv(elpv / "elpv.csv")
+            table = write_elpv(elpv)  # copies only missing files; rewrites the labels (family column)
             datasets.append(BenchDataset("elpv", elpv, elpv / "labels.csv", dict(zip(table["path"], table["type"]))))
         except ImportError:
             pass  # make elpv installs it

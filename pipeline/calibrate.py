@@ -176,6 +176,9 @@ class Calibration:
     test_images: str = ""  # sha256 over the test split's source images: which versions can be compared
     defect_classifier: dict[str, Any] | None = None  # the suspected-defect hint (DefectTypeClassifier.to_dict)
     clean_reference: list[float] = field(default_factory=list)  # quantiles of clean val scores, for drift
+    # raw score -> each family's clean val median (scoring.scaled_scores); {}: raw scores (older versions)
+    score_scale: dict[str, list[float]] = field(default_factory=dict)
+    families: list[str] = field(default_factory=list)  # family name per model index; [] for one shared model
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

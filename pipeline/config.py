@@ -26,6 +26,9 @@ class IngestConfig:
     split_seed: int = 0
     train_frac: float = 0.6  # of clean panels; the rest is split evenly into val / test
     metadata_suffixes: tuple[str, ...] = (".csv", ".json", ".md")  # sidecar files, never images
+    # Labels-file column naming each image's panel family (e.g. mono / poly cells). Clean training
+    # crops of two or more families: one model per family (pipeline/families.py). "": ignore it.
+    family_column: str = "family"
 
 
 @dataclass(frozen=True)

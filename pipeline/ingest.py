@@ -24,7 +24,7 @@ from pipeline.images import ImageRejected, decode_file, write_png
 from pipeline.labels import UNCERTAIN, UNLABELLED, is_defect, load_labels, validate_labels
 
 MANIFEST_COLUMNS = ["crop_id", "source_path", "source_sha256", "bbox", "panel_id", "label", "split",
-                    "width", "height", "ingested_at", "crop_path"]
+                    "width", "height", "ingested_at", "crop_path", "family"]
 QUARANTINE_COLUMNS = ["path", "sha256", "reason", "detected_at"]
 Progress = Callable[[int, int], None]
 
@@ -153,16 +153,37 @@ def _with_splits(manifest: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
     return manifest.assign(split=manifest["panel_id"].map(split_of))
 
 
+def with_columns(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """The table plus blank columns for those it lacks (written by an older version)."""
+    return table.reindex(columns=[*table.columns, *(c for c in columns if c not in table.columns)], fill_value="")
+
+
 def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
+    """A CSV table as strings; columns it lacks (written by an older version) are blank."""
     if Path(path).exists():
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return with_columns(pd.read_csv(path, dtype=str, keep_default_na=False), columns)
     return pd.DataFrame(columns=columns, dtype=str)
+
+
+def relabel(rows: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
+    """Manifest rows with the labels file's current label, family and (when given) panel_id:
+    a relabelled image moves, since splits are recomputed from the labels afterwards."""
+    hit = rows["source_path"].isin(labels["path"])
+    if not hit.any():
+        return rows
+    table, rows = labels.set_index("path"), rows.copy()
+    for column in ("label", "family"):
+        rows.loc[hit, column] = rows.loc[hit, "source_path"].map(table[column])
+    panel = rows["source_path"].map(table["panel_id"]).fillna("")
+    rows.loc[hit & (panel != ""), "panel_id"] = panel[hit & (panel != "")]
+    return rows
 
 
 def crop_rows(crops: list[Crop], raw: Path, labels: pd.DataFrame, crops_dir: Path) -> pd.DataFrame:
     """Write crop PNGs (content-addressed) and describe them as manifest rows (split still blank)."""
     label_of = dict(zip(labels["path"], labels["label"]))
     panel_of = dict(zip(labels["path"], labels["panel_id"]))
+    family_of = dict(zip(labels["path"], labels["family"]))
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = []
     for crop in crops:
@@ -173,7 +194,8 @@ def crop_rows(crops: list[Crop], raw: Path, labels: pd.DataFrame, crops_dir: Pat
         rows.append(dict(crop_id=crop.crop_id, source_path=rel, source_sha256=crop.source_sha256,
                          bbox=",".join(map(str, crop.bbox)), panel_id=panel_of.get(rel) or str(Path(rel).with_suffix("")),
                          label=label_of.get(rel, UNLABELLED), split="", width=crop.pixels.shape[2],
-                         height=crop.pixels.shape[1], ingested_at=now, crop_path=crop_path.name))
+                         height=crop.pixels.shape[1], ingested_at=now, crop_path=crop_path.name,
+                         family=family_of.get(rel, "")))
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
 
 
@@ -229,10 +251,10 @@ def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig
     notes: list[str] = []
     inputs, escaped = list_inputs(raw, cfg)
     candidates = [p for p in inputs if labels_path is None or p.resolve() != Path(labels_path).resolve()]
-    labels, label_notes = validate_labels(load_labels(labels_path, notes), Path(labels_path or ""), raw,
+    labels, label_notes = validate_labels(load_labels(labels_path, notes, cfg.family_column), Path(labels_path or ""), raw,
                                           {p.relative_to(raw).as_posix() for p in candidates})
     notes += label_notes
-    known = read_table(dirs.manifest, MANIFEST_COLUMNS)
+    known = relabel(read_table(dirs.manifest, MANIFEST_COLUMNS), labels)
     known_sources = set(zip(known["source_path"], known["source_sha256"]))
     todo = [p for p in candidates if (p.relative_to(raw).as_posix(), sha256_file(p)) not in known_sources]
     fresh, rejected = prepare_many(todo, cfg, progress, dict(zip(known["source_sha256"], known["source_path"])))
@@ -248,7 +270,7 @@ def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig
 
 def load_split(manifest_path: Path, splits: Iterable[str], trainable_only: bool = False) -> pd.DataFrame:
     """Manifest rows of the given splits (never 'uncertain' ones); trainable_only keeps the clean (ok) crops."""
-    manifest = pd.read_csv(manifest_path, dtype=str, keep_default_na=False)
+    manifest = with_columns(pd.read_csv(manifest_path, dtype=str, keep_default_na=False), MANIFEST_COLUMNS)
     rows = manifest[manifest["split"].isin(list(splits)) & (manifest["label"] != UNCERTAIN)]
     if trainable_only:
         rows = rows[rows["label"] == "ok"]

@@ -1,4 +1,5 @@
-"""The labels file contract: path,label[,panel_id] with paths relative to the raw root."""
+"""The labels file contract: path,label[,panel_id][,family] with paths relative to the raw root.
+The family column's name is configurable (ingest.family_column); in the table it is `family`."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ class LabelsError(ValueError):
     """The labels file cannot be used; the message names the file and the reason."""
 
 
-def load_labels(path: Path | None, problems: list[str] | None = None) -> pd.DataFrame:
-    """Labels as a frame with columns path, label, panel_id ('' where not given). Unknown columns
-    and exact duplicate rows are dropped and reported in problems; conflicting labels are an error."""
+def load_labels(path: Path | None, problems: list[str] | None = None, family_column: str = "family") -> pd.DataFrame:
+    """Labels as a frame with columns path, label, panel_id, family ('' where not given). Unknown
+    columns and exact duplicate rows are dropped and reported in problems; conflicting labels are an error."""
+    columns = ["path", "label", "panel_id", "family"]
     if path is None:
-        return pd.DataFrame({"path": [], "label": [], "panel_id": []}, dtype=str)
+        return pd.DataFrame({c: [] for c in columns}, dtype=str)
     problems = problems if problems is not None else []
     path = Path(path)
     try:
@@ -30,12 +32,17 @@ def load_labels(path: Path | None, problems: list[str] | None = None) -> pd.Data
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise LabelsError(f"{path}: labels file lacks column(s) {sorted(missing)}; expected path,label[,panel_id]")
-    extra = [c for c in table.columns if c not in ("path", "label", "panel_id")]
+    if family_column and family_column != "family" and family_column in table.columns:
+        table = table.drop(columns=["family"], errors="ignore").rename(columns={family_column: "family"})
+    elif not family_column:
+        table = table.drop(columns=["family"], errors="ignore")
+    extra = [c for c in table.columns if c not in columns]
     if extra:
-        problems.append(f"{path}: unknown column(s) {extra} ignored; expected path,label[,panel_id]")
-    if "panel_id" not in table.columns:
-        table["panel_id"] = ""
-    table = table[["path", "label", "panel_id"]].apply(lambda col: col.str.strip())
+        problems.append(f"{path}: unknown column(s) {extra} ignored; expected path,label[,panel_id][,{family_column or 'family'}]")
+    for column in ("panel_id", "family"):
+        if column not in table.columns:
+            table[column] = ""
+    table = table[columns].apply(lambda col: col.str.strip())
     table["path"] = table["path"].map(lambda p: Path(p).as_posix())
     repeats = int(table.duplicated().sum())
     if repeats:

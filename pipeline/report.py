@@ -15,7 +15,7 @@ from pipeline.files import atomic_write_csv, atomic_write_text
 from pipeline.images import to_uint8, write_png
 
 REPORT_COLUMNS = ["image_path", "crop_id", "panel_id", "score", "threshold", "flagged", "severity", "region",
-                  "heatmap_path", "suspected_defect", "suspected_confidence", "score_name", "model_name",
+                  "heatmap_path", "suspected_defect", "suspected_confidence", "score_name", "family", "model_name",
                   "model_version", "scored_at"]
 
 

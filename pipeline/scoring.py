@@ -26,19 +26,24 @@ from pipeline.models import latent_score_name, recon_nll
 # region's missing brightness adds up while speckle of either sign cancels (EL and backlit panel
 # images show defects dark). Validation decides whether they beat the unsigned ones.
 MAP_SCORES = ("mse", "topk_mean", "blur_max", "norm_blur_max", "dark_blur_max", "dark_area_max")
+# Two complementary views, each in units of its family's clean median: a dark area (missing
+# brightness) and error beyond what clean panels show at that pixel. On ELPV validation their
+# mean beat either alone (per-family models: .845 vs .840 / .796).
+COMBINED, COMBINED_PARTS = "dark_norm_mean", ("dark_area_max", "norm_blur_max")
 
 
 def score_names(model_type: str) -> tuple[str, ...]:
-    """Candidate scores for a model family: the error-map scores plus its latent score."""
-    return (*MAP_SCORES, latent_score_name(model_type))
+    """Candidate scores for a model type: the error-map scores, its latent score and the combined one."""
+    return (*MAP_SCORES, latent_score_name(model_type), COMBINED)
 
 
 @dataclass
 class ScoredBatch:
     """Every candidate score per image, plus the blurred error maps (heatmaps)."""
 
-    scores: dict[str, np.ndarray]  # score name -> (N,)
+    scores: dict[str, np.ndarray]  # score name -> (N,), raw (scaled_scores makes families comparable)
     heatmaps: torch.Tensor  # (N, S, S) float, blurred squared error
+    family: np.ndarray  # (N,) index of the family (model) that scored each crop; 0 without families
 
 
 def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -55,7 +60,7 @@ def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def score_maps(x: torch.Tensor, recon: torch.Tensor, latent: torch.Tensor, error_ref: torch.Tensor,
-               cfg: ScoreConfig, model_cfg: ModelConfig) -> ScoredBatch:
+               family: torch.Tensor, cfg: ScoreConfig, model_cfg: ModelConfig) -> ScoredBatch:
     """All candidate scores from one batch of inputs, reconstructions, latent scores (KL or
     codebook distance per image) and the clean error reference. The heatmap is the normalised blurred error: where this image's error
     exceeds what clean panels show at that pixel (connector edges always reconstruct worse)."""
@@ -77,7 +82,7 @@ def score_maps(x: torch.Tensor, recon: torch.Tensor, latent: torch.Tensor, error
         scores["codebook_dist"] = latent  # the farthest encoder vector from its nearest code
     else:  # negative ELBO in nats (up to a constant), with the recon likelihood the model trained with
         scores["elbo"] = recon_nll(x, recon, model_cfg.recon_loss, model_cfg.recon_sigma) + latent
-    return ScoredBatch({name: s.double().numpy() for name, s in scores.items()}, heat[:, 0])
+    return ScoredBatch({name: s.double().numpy() for name, s in scores.items()}, heat[:, 0], family.long().numpy())
 
 
 @torch.inference_mode()
@@ -87,16 +92,41 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
     parts: list[ScoredBatch] = []
     for start in range(0, len(crops), cfg.batch_size):
         x = crops[start:start + cfg.batch_size].float() / 255.0
-        recon, latent, error_ref = model(x)
-        part = score_maps(x, recon.float(), latent.float(), error_ref.float(), cfg, model_cfg)
+        recon, latent, error_ref, family = model(x)
+        part = score_maps(x, recon.float(), latent.float(), error_ref.float(), family, cfg, model_cfg)
         if not keep_heatmaps:
             part.heatmaps = part.heatmaps[:0]
         parts.append(part)
     if not parts:
         size = crops.shape[-1] if crops.ndim == 4 else 0
-        return ScoredBatch({name: np.zeros(0) for name in score_names(model_cfg.model_type)}, torch.zeros(0, size, size))
+        names = (*MAP_SCORES, latent_score_name(model_cfg.model_type))
+        return ScoredBatch({name: np.zeros(0) for name in names}, torch.zeros(0, size, size), np.zeros(0, dtype=int))
     return ScoredBatch({name: np.concatenate([p.scores[name] for p in parts]) for name in parts[0].scores},
-                       torch.cat([p.heatmaps for p in parts]))
+                       torch.cat([p.heatmaps for p in parts]), np.concatenate([p.family for p in parts]))
+
+
+def fit_score_scale(scores: dict[str, np.ndarray], family: np.ndarray, clean: np.ndarray,
+                    n_families: int) -> dict[str, list[float]]:
+    """Per raw score, each family's median over clean (validation) crops: the unit that makes
+    families comparable (clean grainy poly cells score higher than clean mono ones). 1.0 where a
+    family has no clean crop or a non-positive median."""
+    scale: dict[str, list[float]] = {}
+    for name, values in scores.items():
+        medians = [np.median(values[clean & (family == k)]) if (clean & (family == k)).any() else 1.0
+                   for k in range(n_families)]
+        scale[name] = [float(m) if m > 0 else 1.0 for m in medians]
+    return scale
+
+
+def scaled_scores(scores: dict[str, np.ndarray], family: np.ndarray,
+                  scale: dict[str, list[float]]) -> dict[str, np.ndarray]:
+    """Every raw score over its family's clean median, plus the combined score: the candidates
+    calibration chooses from. Without a scale (calibrations before families), the raw scores."""
+    if not scale:
+        return dict(scores)
+    out = {name: values / np.asarray(scale[name])[family] for name, values in scores.items()}
+    out[COMBINED] = np.mean([out[part] for part in COMBINED_PARTS], axis=0)
+    return out
 
 
 def per_image_max(scores: dict[str, np.ndarray], image_keys: Sequence[str]) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -117,7 +147,7 @@ def fit_error_reference(model: nn.Module, clean: torch.Tensor, batch_size: int =
     total = torch.zeros_like(model.error_ref)
     for start in range(0, len(clean), batch_size):
         x = clean[start:start + batch_size].float() / 255.0
-        recon, _, _ = model(x)
+        recon = model(x)[0]
         total += (x - recon).pow(2).sum(dim=0, keepdim=True)
     model.error_ref.copy_(total / max(1, len(clean)))
     return model.error_ref

@@ -30,8 +30,10 @@ from pipeline.ingest import (QUARANTINE_COLUMNS, Progress, Rejected, WorkDirs, l
                              prepare_many, quarantine_rows, record_quarantine)
 from pipeline.ledger import Ledger
 from pipeline.report import heatmap_overlay, save_heatmap, write_gallery, write_report
-from pipeline.scoring import ScoredBatch, per_image_max, score_crops, strongest_region, worst_crop
-from pipeline.train import Checkpointing, dataset_hash, load_crops, read_checkpoint, train_model
+from pipeline.scoring import (ScoredBatch, fit_score_scale, per_image_max, scaled_scores, score_crops,
+                              strongest_region, worst_crop)
+from pipeline.families import train_models
+from pipeline.train import Checkpointing, TrainResult, dataset_hash, load_crops, read_checkpoint, train_model
 
 LATEST_TRAIN = "latest_train.json"
 
@@ -48,6 +50,7 @@ class TrainOutcome:
     device: str
     collapsed: bool
     warning: str  # the collapse alarm's message, empty when healthy
+    families: tuple[str, ...] = ()  # one model per family (routed by a classifier); () for one shared model
 
 
 def checkpoint_path(workdir: Path, cfg: PanelConfig) -> Path:
@@ -67,23 +70,37 @@ def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True, resume: 
     tracking.configure(cfg.tracking)
     experiment = tracking.experiment_id(cfg.tracking.train_experiment, cfg.tracking)
     ckpt = checkpoint_path(workdir, cfg)
-    saved = read_checkpoint(ckpt) if resume else None
-    run_id = saved["meta"].get("run_id") if saved else None
+    saved = [read_checkpoint(p) for p in (ckpt, *sorted(ckpt.parent.glob(f"{ckpt.stem}-*.pt")))] if resume else []
+    run_id = next((s["meta"].get("run_id") for s in saved if s), None)  # family models: one checkpoint each
     with mlflow.start_run(experiment_id=experiment, run_id=run_id) as run:
         mlflow.log_params(tracking.train_params(cfg, dataset_hash(train_rows), len(train_x), len(val_x)))
         mlflow.set_tag("model_type", cfg.model.model_type)
-        checkpointing = Checkpointing(ckpt, resume, {"run_id": run.info.run_id}) if cfg.train.checkpoint else None
-        result = train_model(train_x, val_x, cfg, on_epoch=tracking.log_epoch, progress=progress, checkpoint=checkpointing)
-        mlflow.log_metrics({"best_epoch": result.best_epoch, "train_seconds": result.seconds})
-        mlflow.set_tags({"device": result.device, "stopped_early": str(result.stopped_early).lower(),
-                         "resumed_from_epoch": str(result.resumed_from)})
-        tracking.log_latent_report(result.latent)
-        if result.collapsed:
-            warnings.warn(result.latent.warning, stacklevel=2)
-        version = tracking.log_model(result.model, val_x[:2].float() / 255.0, cfg)
-    ckpt.unlink(missing_ok=True)  # registered: nothing left to resume
-    outcome = TrainOutcome(run.info.run_id, version, cfg.model.model_type, result.best_epoch, len(result.history),
-                           result.resumed_from, result.seconds, result.device, result.collapsed, result.latent.warning)
+
+        def fit_one(family: str, tx: torch.Tensor, vx: torch.Tensor, family_cfg: PanelConfig) -> TrainResult:
+            path = ckpt.with_name(f"{ckpt.stem}-{family}.pt") if family else ckpt
+            checkpointing = Checkpointing(path, resume, {"run_id": run.info.run_id}) if cfg.train.checkpoint else None
+            result = train_model(tx, vx, family_cfg, on_epoch=tracking.epoch_logger(family), progress=progress,
+                                 checkpoint=checkpointing)
+            tracking.log_latent_report(result.latent, family)
+            if result.collapsed:
+                warnings.warn(f"{family or 'model'}: {result.latent.warning}", stacklevel=2)
+            return result
+
+        trained = train_models(train_x, train_rows["family"].to_numpy(str), val_x, val_rows["family"].to_numpy(str),
+                               cfg, fit_one)
+        results = list(trained.results.values())
+        seconds, best_epoch = sum(r.seconds for r in results), max(r.best_epoch for r in results)
+        mlflow.log_metrics({"best_epoch": best_epoch, "train_seconds": seconds})
+        mlflow.set_tags({"device": results[0].device, "stopped_early": str(any(r.stopped_early for r in results)).lower(),
+                         "resumed_from_epoch": str(min(r.resumed_from for r in results))})
+        tracking.log_families(trained.classifier)
+        version = tracking.log_model(trained.model, val_x[:2].float() / 255.0, cfg)
+    for family in trained.results:  # registered: nothing left to resume
+        (ckpt.with_name(f"{ckpt.stem}-{family}.pt") if family else ckpt).unlink(missing_ok=True)
+    collapsed = [f"{family or 'model'}: {r.latent.warning}" for family, r in trained.results.items() if r.collapsed]
+    outcome = TrainOutcome(run.info.run_id, version, cfg.model.model_type, best_epoch, max(len(r.history) for r in results),
+                           min(r.resumed_from for r in results), seconds, results[0].device, bool(collapsed),
+                           "; ".join(collapsed), tuple(trained.results) if trained.classifier else ())
     atomic_write_text(Path(workdir) / LATEST_TRAIN, json.dumps(outcome.__dict__, indent=2))
     return outcome
 
@@ -114,11 +131,17 @@ class SplitScores:
 
 
 def _score_images(model: torch.nn.Module, rows: pd.DataFrame, dirs: WorkDirs, cfg: PanelConfig,
-                  keep_heatmaps: bool = False) -> SplitScores:
+                  keep_heatmaps: bool = False, scale: dict[str, list[float]] | None = None) -> SplitScores:
     scored = score_crops(model, load_crops(rows, dirs.crops), cfg.score, cfg.model, keep_heatmaps=keep_heatmaps)
-    _, scores = per_image_max(scored.scores, rows["source_sha256"])
+    return _split_scores(scored, rows, scale or {})
+
+
+def _split_scores(scored: ScoredBatch, rows: pd.DataFrame, scale: dict[str, list[float]]) -> SplitScores:
+    """Crop scores scaled per family (the candidates), then per image (max over its crops)."""
+    crops = replace(scored, scores=scaled_scores(scored.scores, scored.family, scale))
+    _, scores = per_image_max(crops.scores, rows["source_sha256"])
     labels = rows.groupby("source_sha256", sort=False)["label"].first().to_numpy()
-    return SplitScores(scores, labels, scored, rows["source_sha256"])
+    return SplitScores(scores, labels, crops, rows["source_sha256"])
 
 
 def _fit_defect_types(val: SplitScores, test: SplitScores, score_name: str) -> tuple[dict | None, float]:
@@ -152,13 +175,17 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     model = tracking.load_model(name, version)  # the registry copy: the same path scoring uses
     val = load_split(dirs.manifest, ["val"])
     test = load_split(dirs.manifest, ["test"])
-    val_s, test_s = _score_images(model, val, dirs, model_cfg, True), _score_images(model, test, dirs, model_cfg, True)
+    families = tracking.load_families(name, version)
+    val_raw = score_crops(model, load_crops(val, dirs.crops), model_cfg.score, model_cfg.model)
+    scale = fit_score_scale(val_raw.scores, val_raw.family, (val["label"] == "ok").to_numpy(), max(1, len(families)))
+    val_s, test_s = _split_scores(val_raw, val, scale), _score_images(model, test, dirs, model_cfg, True, scale)
     calibration = calibrate_scores(val_s.scores, val_s.labels, test_s.scores, test_s.labels,
                                    rule or model_cfg.calibrate.rule, model_cfg.calibrate.fallback_quantile, name, version)
     classifier, accuracy = _fit_defect_types(val_s, test_s, calibration.score_name)
     if classifier is not None:
         calibration.test["suspected_defect_accuracy"] = accuracy
-    calibration = replace(calibration, test_images=dataset_hash(test, "source_sha256"), defect_classifier=classifier)
+    calibration = replace(calibration, test_images=dataset_hash(test, "source_sha256"), defect_classifier=classifier,
+                          score_scale=scale, families=families)
     tracking.log_calibration(calibration, _calibration_figures(test_s, test, calibration, dirs, model_cfg))
     path = atomic_write_text(Path(workdir) / "calibration.json", json.dumps(calibration.to_dict(), indent=2))
     promoted_to, reason = promote(calibration, test_s.scores[calibration.score_name], test, dirs, model_cfg)
@@ -207,7 +234,7 @@ def promote(candidate: Calibration, new_scores: np.ndarray, test: pd.DataFrame, 
     old_cfg = tracking.load_config(name, champion)
     old_cal = tracking.load_calibration(name, champion)
     if old_cfg.ingest == cfg.ingest:
-        old = _score_images(tracking.load_model(name, champion), test, dirs, old_cfg)
+        old = _score_images(tracking.load_model(name, champion), test, dirs, old_cfg, scale=old_cal.score_scale)
         decision = gate(new_scores, old.scores[old_cal.score_name], old.labels)
         better, numbers = decision.promote, decision.describe()
         basis = f"the same {n_images} test images"
@@ -355,7 +382,7 @@ def _report_rows(crops, scored: ScoredBatch, calibration: Calibration, raw: Path
     """One row per image, from its highest-scoring crop (tile): score, region, heatmap and, for
     flagged images, the suspected defect type (when calibration had labelled defects)."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    values = scored.scores[calibration.score_name]
+    values = scaled_scores(scored.scores, scored.family, calibration.score_scale)[calibration.score_name]
     classifier = DefectTypeClassifier.from_dict(calibration.defect_classifier)
     rows = []
     for i in worst_crop(values, [crop.source_sha256 for crop in crops]):
@@ -378,6 +405,7 @@ def _report_rows(crops, scored: ScoredBatch, calibration: Calibration, raw: Path
                          severity=float(score / calibration.threshold) if calibration.threshold else float("inf"),
                          region=",".join(map(str, region)), heatmap_path=heatmap_path, suspected_defect=suspected,
                          suspected_confidence=confidence, score_name=calibration.score_name,
+                         family=calibration.families[scored.family[i]] if calibration.families else "",
                          model_name=calibration.model_name, model_version=calibration.model_version, scored_at=now))
     return rows
 

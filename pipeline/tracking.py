@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,12 @@ from torch import nn
 
 from pipeline.calibrate import Calibration
 from pipeline.config import PanelConfig, TrackingConfig
+from pipeline.families import FamilyClassifier
 from pipeline.models import LatentReport
 from pipeline.plots import latent_figure
 
 CHAMPION, CHALLENGER = "champion", "challenger"
-CONFIG_ARTIFACT, CALIBRATION_ARTIFACT = "config.json", "calibration.json"
+CONFIG_ARTIFACT, CALIBRATION_ARTIFACT, FAMILIES_ARTIFACT = "config.json", "calibration.json", "families.json"
 
 
 def configure(cfg: TrackingConfig) -> str:
@@ -66,15 +68,42 @@ def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
     mlflow.log_metrics(metrics, step=epoch)
 
 
-def log_latent_report(report: LatentReport) -> None:
+def epoch_logger(family: str = "") -> Callable[[int, dict[str, float]], None]:
+    """Per-epoch metrics; a family model's under <family>/ (mono/train/loss, ...)."""
+    prefix = f"{family}/" if family else ""
+    return lambda epoch, metrics: log_epoch(epoch, {prefix + k: v for k, v in metrics.items()})
+
+
+def log_latent_report(report: LatentReport, family: str = "") -> None:
     """KL per latent dimension (VAE) or codebook usage (VQ) as a table and a plot; the collapse
-    alarm as a tag with its warning."""
-    mlflow.log_text(report.table.to_csv(index=False), f"latent/{report.kind}.csv")
-    mlflow.log_figure(latent_figure(report), f"latent/{report.kind}.png")
-    mlflow.log_metrics({f"latent/{k}": v for k, v in report.summary.items()})
-    mlflow.set_tag("collapse", str(report.collapsed).lower())
+    alarm as a tag with its warning. A family model's under latent/<family>/."""
+    where = f"latent/{family}/" if family else "latent/"
+    mlflow.log_text(report.table.to_csv(index=False), f"{where}{report.kind}.csv")
+    mlflow.log_figure(latent_figure(report), f"{where}{report.kind}.png")
+    mlflow.log_metrics({f"{where}{k}": v for k, v in report.summary.items()})
+    suffix = f".{family}" if family else ""
+    mlflow.set_tag(f"collapse{suffix}", str(report.collapsed).lower())
     if report.collapsed:
-        mlflow.set_tag("collapse.warning", report.warning)
+        mlflow.set_tag(f"collapse.warning{suffix}", report.warning)
+
+
+def log_families(classifier: FamilyClassifier | None) -> None:
+    """families.json (which family each model index is, and how well images are routed) in the
+    training run: calibration and the report name families by it."""
+    names = list(classifier.names) if classifier else []
+    accuracy = classifier.accuracy if classifier else float("nan")
+    mlflow.log_dict({"families": names, "router_val_accuracy": accuracy}, FAMILIES_ARTIFACT)
+    if classifier:
+        mlflow.log_metric("families/router_val_accuracy", accuracy)
+        mlflow.set_tag("families", ",".join(names))
+
+
+def load_families(model_name: str, version: str) -> list[str]:
+    """Family name per model index ([] for one shared model, or versions from before families)."""
+    try:
+        return list(load_run_json(version_run_id(model_name, version), FAMILIES_ARTIFACT)["families"])
+    except (MlflowException, OSError, KeyError):
+        return []
 
 
 def _signature(image_size: int) -> ModelSignature:
@@ -82,7 +111,8 @@ def _signature(image_size: int) -> ModelSignature:
     return ModelSignature(inputs=Schema([TensorSpec(f32, (-1, 1, image_size, image_size))]),
                           outputs=Schema([TensorSpec(f32, (-1, 1, image_size, image_size), "recon"),
                                           TensorSpec(f32, (-1,), "latent_score"),
-                                          TensorSpec(f32, (-1, 1, image_size, image_size), "error_ref")]))
+                                          TensorSpec(f32, (-1, 1, image_size, image_size), "error_ref"),
+                                          TensorSpec(np.dtype(np.int64), (-1,), "family")]))
 
 
 def log_model(model: nn.Module, example: torch.Tensor, cfg: PanelConfig) -> str:

@@ -32,7 +32,8 @@ def test_elpv_labels_map_probabilities_and_uncertain_stays_out_of_calibration(fa
     table = write_elpv(out, source=fake_elpv)
     assert table["label"].value_counts().to_dict() == {"ok": 12, "crack": 8, "uncertain": 4}
     labels = pd.read_csv(out / "labels.csv")
-    assert list(labels.columns) == ["path", "label", "panel_id"] and labels["panel_id"].is_unique
+    assert list(labels.columns) == ["path", "label", "panel_id", "family"] and labels["panel_id"].is_unique
+    assert labels["family"].value_counts().to_dict() == {"mono": 12, "poly": 12}  # the cell type
     assert (out / "images" / "cell0000.png").read_bytes() == (fake_elpv / "images" / "cell0000.png").read_bytes()
     assert len(write_elpv(tmp_path / "poly", cell_type="poly", source=fake_elpv)) == 12
 
@@ -40,6 +41,7 @@ def test_elpv_labels_map_probabilities_and_uncertain_stays_out_of_calibration(fa
     assert result.n_new == 24 and result.notes == ()  # uncertain is a known label; sidecar elpv.csv skipped
     manifest = pd.read_csv(result.manifest_path, keep_default_na=False)
     assert set(manifest.loc[manifest["label"] == "uncertain", "split"]) == {"unlabelled"}
+    assert set(manifest["family"]) == {"mono", "poly"}
     calibration_rows = load_split(result.manifest_path, ["train", "val", "test", "unlabelled"])
     assert "uncertain" not in set(calibration_rows["label"])
 

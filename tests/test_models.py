@@ -28,8 +28,9 @@ def test_kl_agrees_with_monte_carlo_estimate():
 
 def test_convvae_shapes_and_inference_outputs():
     model = ConvVAE(ModelConfig(latent_dim=8, channels=(8, 16)), image_size=32).eval()
-    recon, kl, ref = model(torch.rand(3, 1, 32, 32))
+    recon, kl, ref, family = model(torch.rand(3, 1, 32, 32))
     assert recon.shape == (3, 1, 32, 32) and kl.shape == (3,) and ref.shape == (3, 1, 32, 32)
+    assert family.tolist() == [0, 0, 0]  # one family
     assert 0 <= recon.min() and recon.max() <= 1 and (kl >= 0).all()
     with pytest.raises(ValueError, match="divisible"):
         ConvVAE(ModelConfig(channels=(8, 16, 32)), image_size=36)

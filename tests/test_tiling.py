@@ -13,7 +13,7 @@ from pipeline import tracking
 from pipeline.config import IngestConfig
 from pipeline.crop import tile_boxes
 from pipeline.ingest import WorkDirs, ingest, prepare
-from pipeline.scoring import per_image_max, score_crops, worst_crop
+from pipeline.scoring import per_image_max, scaled_scores, score_crops, worst_crop
 from pipeline.stages import calibrate_stage, score_stage, train_stage
 from pipeline.synth import generate
 from tests.conftest import small_config
@@ -71,7 +71,8 @@ def test_tiled_pipeline_scores_each_image_once_as_its_worst_tile(synth_raw: Path
     name = outcome.calibration.score_name
     for row in scores.itertuples():
         tiles = prepare(inbox / row.image_path, cfg.ingest)
-        tile_scores = score_crops(model, torch.stack([t.pixels for t in tiles]), cfg.score, cfg.model).scores[name]
+        scored = score_crops(model, torch.stack([t.pixels for t in tiles]), cfg.score, cfg.model)
+        tile_scores = scaled_scores(scored.scores, scored.family, outcome.calibration.score_scale)[name]
         worst = tiles[int(np.argmax(tile_scores))]
         assert row.score == pytest.approx(tile_scores.max(), rel=1e-6)
         assert row.crop_id == worst.crop_id

@@ -46,7 +46,8 @@ def label_for(probability: float) -> str:
 
 def write_elpv(out: Path, cell_type: str | None = None, source: Path | None = None) -> pd.DataFrame:
     """Copy the images (optionally one cell type) under out/ and write out/labels.csv
-    (path,label,panel_id) and out/elpv.csv (+ probability, type). Re-running skips copied files."""
+    (path,label,panel_id,family: the cell type) and out/elpv.csv (+ probability, type).
+    Re-running skips copied files."""
     source = Path(source) if source else package_root()
     table = read_elpv_labels(source)
     if cell_type is not None:
@@ -59,7 +60,7 @@ def write_elpv(out: Path, cell_type: str | None = None, source: Path | None = No
             shutil.copyfile(source / rel, target.with_name(f".{target.name}.tmp"))
             target.with_name(f".{target.name}.tmp").replace(target)
     table = table.assign(label=table["probability"].map(label_for),
-                         panel_id=table["path"].map(lambda p: Path(p).stem))
-    atomic_write_csv(out / "labels.csv", table[["path", "label", "panel_id"]])
+                         panel_id=table["path"].map(lambda p: Path(p).stem), family=table["type"])
+    atomic_write_csv(out / "labels.csv", table[["path", "label", "panel_id", "family"]])
     atomic_write_csv(out / "elpv.csv", table[["path", "label", "panel_id", "probability", "type"]])
     return table.reset_index(drop=True)

@@ -8,7 +8,7 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.models.blocks import (LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll,
-                                    up_stack)
+                                    single_family, up_stack)
 
 ACTIVE_UNIT_KL = 0.1  # nats (~0.14 bits): a latent dimension carrying less KL than this is inactive
 COLLAPSE_WARNING = ("posterior collapse: every latent dimension's KL is below the active-unit floor; "
@@ -81,8 +81,9 @@ class ConvVAE(nn.Module):
         return LatentReport("kl_per_dim", table, collapsed, COLLAPSE_WARNING if collapsed else "",
                             {"active_units": float(table["active"].sum())})
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Inference pass (what the logged model exports): reconstruction from μ, KL per image,
-        and the clean per-pixel error reference (broadcast to the batch)."""
+        the clean per-pixel error reference (broadcast to the batch) and the family index (0)."""
         mu, logvar = self.encode(x)
-        return self.decode(mu), kl_per_dim(mu, logvar).sum(dim=1), self.error_ref.expand(x.shape[0], -1, -1, -1)
+        return (self.decode(mu), kl_per_dim(mu, logvar).sum(dim=1), self.error_ref.expand(x.shape[0], -1, -1, -1),
+                single_family(x))

@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from pipeline.config import ModelConfig
 from pipeline.models.blocks import (LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll,
-                                    up_stack)
+                                    single_family, up_stack)
 
 USAGE_DECAY = 0.9  # EMA over batches of each code's share of assignments; ~10 batches of memory
 CODEBOOK_COLLAPSE_WARNING = ("codebook collapse: clean crops use fewer than 2 codes (perplexity < 2); "
@@ -161,9 +161,10 @@ class VQVAE(nn.Module):
         return LatentReport("codebook_usage", table, collapsed, CODEBOOK_COLLAPSE_WARNING if collapsed else "",
                             {"perplexity": ppl, "codebook_usage": codebook_usage(counts)})
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Inference pass (what the logged model exports): reconstruction, the largest distance
         from an encoder vector to its code per image (how far off the clean codebook it sits),
-        and the clean per-pixel error reference."""
+        the clean per-pixel error reference and the family index (0)."""
         q = self.quantizer(self.encoder(x))
-        return self.decoder(q.quantized), q.distance.flatten(1).amax(dim=1), self.error_ref.expand(x.shape[0], -1, -1, -1)
+        return (self.decoder(q.quantized), q.distance.flatten(1).amax(dim=1),
+                self.error_ref.expand(x.shape[0], -1, -1, -1), single_family(x))

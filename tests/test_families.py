@@ -1,0 +1,131 @@
+"""Panel families: the router sends each image to its family's model, the classifier learns
+families from metadata, scores are made comparable across families, and the whole pipeline
+(ingest -> train -> calibrate -> score) runs per family from a labels-file column."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image, ImageOps
+
+from pipeline.config import ModelConfig
+from pipeline.families import FamilyModels, fit_family_classifier, training_families
+from pipeline.models import build_model
+from pipeline.scoring import COMBINED, fit_score_scale, scaled_scores
+from tests.conftest import small_config
+
+
+def _crops(n: int, grainy: bool, seed: int) -> torch.Tensor:
+    """uint8 (n, 1, 32, 32): smooth gradients (mono-like) or fine grain (poly-like)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.linspace(0.3, 0.7, 32).expand(n, 1, 32, 32) + 0.05 * torch.rand(n, 1, 1, 1, generator=g)
+    if grainy:
+        base = base + 0.15 * (torch.rand(n, 1, 32, 32, generator=g) - 0.5)
+    return (base.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def test_training_families_needs_two_complete_families_of_enough_crops():
+    assert training_families(pd.Series(["a"] * 30 + ["b"] * 25)) == ("a", "b")
+    assert training_families(pd.Series(["a"] * 60)) == ()  # one family: one shared model
+    assert training_families(pd.Series(["a"] * 30 + ["b"] * 5)) == ()  # too few to train a model
+    assert training_families(pd.Series(["a"] * 30 + ["b"] * 25 + [""])) == ()  # no crop is left out
+
+
+def test_classifier_learns_families_and_the_router_uses_each_familys_model():
+    train = torch.cat([_crops(40, False, 0), _crops(40, True, 1)])
+    val = torch.cat([_crops(10, False, 2), _crops(10, True, 3)])
+    names = ("mono", "poly")
+    classifier = fit_family_classifier(train, np.array(["mono"] * 40 + ["poly"] * 40), val,
+                                       np.array(["mono"] * 10 + ["poly"] * 10), names)
+    assert classifier.names == names and classifier.accuracy == 1.0
+    models = [build_model(ModelConfig(latent_dim=8, channels=(8, 16)), 32).eval() for _ in names]
+    models[1].error_ref.fill_(2.0)  # tell the two families' outputs apart
+    router = FamilyModels(models, classifier.mean, classifier.scale, classifier.weight, classifier.bias).eval()
+    x = val.float() / 255.0
+    with torch.inference_mode():
+        recon, latent, ref, family = router(x)
+        own = [m(x) for m in models]
+    assert family.tolist() == [0] * 10 + [1] * 10
+    for k in (0, 1):
+        pick = family == k
+        assert torch.equal(recon[pick], own[k][0][pick]) and torch.equal(latent[pick], own[k][1][pick])
+        assert (ref[pick] == (1.0 if k == 0 else 2.0)).all()
+    exported = torch.export.export(router, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
+    assert torch.equal(exported(x[:3])[3], family[:3])  # routing survives the pt2 export, any batch size
+
+
+def test_scores_are_scaled_per_family_so_families_compare():
+    """A grainy family's clean crops score 3x a plain one's: raw, its clean crops outrank the plain
+    family's defects; scaled by each family's clean median, defects come first in both."""
+    family = np.array([0, 0, 0, 1, 1, 1])
+    clean = np.array([True, True, False, True, True, False])
+    raw = {"dark_area_max": np.array([1.0, 1.0, 2.0, 3.0, 3.0, 6.0]),
+           "norm_blur_max": np.array([2.0, 2.0, 5.0, 4.0, 4.0, 10.0])}
+    scale = fit_score_scale(raw, family, clean, 2)
+    assert scale == {"dark_area_max": [1.0, 3.0], "norm_blur_max": [2.0, 4.0]}
+    scaled = scaled_scores(raw, family, scale)
+    assert scaled["dark_area_max"].tolist() == [1.0, 1.0, 2.0, 1.0, 1.0, 2.0]
+    assert scaled[COMBINED].tolist() == [1.0, 1.0, 2.25, 1.0, 1.0, 2.25]  # mean of the two scaled parts
+    assert scaled_scores(raw, family, {}) == raw  # calibrations from before families: raw scores
+
+
+def _two_family_raw(synth_raw: Path, out: Path) -> Path:
+    """The synthetic frames as family `plain`, and the same frames inverted as family `negative`,
+    with the family in the labels file's `family` column."""
+    labels = pd.read_csv(synth_raw / "labels.csv", dtype=str, keep_default_na=False)
+    out.mkdir()
+    rows = []
+    for row in labels.itertuples():
+        image = Image.open(synth_raw / row.path).convert("L")
+        for family, picture in (("plain", image), ("negative", ImageOps.invert(image))):
+            name = f"{family}_{row.path}"
+            picture.save(out / name)
+            rows.append(dict(path=name, label=row.label, panel_id=f"{family}-{row.panel_id}", family=family))
+    pd.DataFrame(rows).to_csv(out / "labels.csv", index=False)
+    return out
+
+
+def test_pipeline_trains_one_model_per_family_and_reports_each_images_family(synth_raw: Path, tmp_path: Path):
+    from pipeline import tracking
+    from pipeline.ingest import ingest, prepare
+    from pipeline.scoring import score_crops
+    from pipeline.stages import calibrate_stage, score_stage, train_stage
+
+    raw = _two_family_raw(synth_raw, tmp_path / "raw")
+    cfg = small_config(epochs=2).replace("ingest", crop="none")
+    work = tmp_path / "work"
+    result = ingest(raw, work, raw / "labels.csv", cfg.ingest)
+    assert result.notes == ()  # the family column is part of the contract, not an unknown column
+    outcome = train_stage(work, cfg, progress=False)
+    assert outcome.families == ("negative", "plain")
+    run = MlflowClient().get_run(outcome.run_id)
+    assert run.data.tags["families"] == "negative,plain" and "plain/train/recon" in run.data.metrics
+    assert run.data.metrics["families/router_val_accuracy"] == 1.0  # inverted frames are easy to tell apart
+
+    calibration = calibrate_stage(work, cfg).calibration
+    assert calibration.families == ["negative", "plain"]
+    assert set(calibration.score_scale) >= {"dark_area_max", "norm_blur_max"}
+    assert all(len(v) == 2 for v in calibration.score_scale.values())
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    for name in ("plain_" + Path(p).name for p in sorted(synth_raw.glob("*.png"))[:3]):
+        (inbox / name).write_bytes((raw / name).read_bytes())
+        negative = name.replace("plain_", "negative_", 1)
+        (inbox / negative).write_bytes((raw / negative).read_bytes())
+    report = score_stage(inbox, work, cfg, out=tmp_path / "reports")
+    scores = pd.read_csv(report.report_dir / "scores.csv", keep_default_na=False)
+    assert len(scores) == 6
+    assert (scores["family"] == scores["image_path"].str.split("_").str[0]).all()
+
+    # the report's score is the registry model's, routed and scaled as calibration decided
+    model = tracking.load_model(cfg.tracking.model_name, calibration.model_version)
+    crops = torch.stack([prepare(inbox / path, cfg.ingest)[0].pixels for path in scores["image_path"]])
+    scored = score_crops(model, crops, cfg.score, cfg.model)
+    expected = scaled_scores(scored.scores, scored.family, calibration.score_scale)[calibration.score_name]
+    assert scores["score"].to_numpy() == pytest.approx(expected, rel=1e-6)
