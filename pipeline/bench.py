@@ -6,7 +6,9 @@ val/test crops, and is judged per source image (max over its crops) on the same 
 test ROC-AUC / PR-AUC overall, per defect class and per group (e.g. ELPV cell type). Models
 choose their score function on validation, as calibration does. Baselines: PCA reconstruction
 error, mean distance to the 5 nearest clean crops on 32x32 pixels, isolation forest on PCA
-features (scikit-learn). Speed: I/O floor (read, decode, crop, resize) vs end-to-end scoring
+features (scikit-learn); when the labels name panel families (pipeline/families.py), panelscan
+trains one model per family and the baselines are also run per family (`<name>_per_family`,
+fitted and scaled per family as panelscan is), so the metadata helps every method. Speed: I/O floor (read, decode, crop, resize) vs end-to-end scoring
 (the same + model + scores) on the same files, training seconds per epoch, peak memory.
 """
 
@@ -32,7 +34,7 @@ from torch.nn import functional as F
 from pipeline.calibrate import evaluate, select_score
 from pipeline.config import PanelConfig
 from pipeline.ingest import WorkDirs, ingest, load_split, prepare_many
-from pipeline.families import train_models
+from pipeline.families import train_models, training_families
 from pipeline.scoring import fit_score_scale, per_image_max, scaled_scores, score_crops
 from pipeline.train import load_crops, train_model
 
@@ -84,6 +86,25 @@ def baseline_scores(train: torch.Tensor, crops: dict[str, torch.Tensor], seed: i
         out["pca_recon"][split] = ((flat - pca.inverse_transform(projected)) ** 2).mean(axis=1)
         out["knn5_pixels"][split] = knn.kneighbors(_flat(x, 32))[0].mean(axis=1)
         out["iforest_pca"][split] = -forest.score_samples(projected)
+    return out
+
+
+def per_family_baseline_scores(split: Split, names: tuple[str, ...], seed: int = 0) -> dict[str, np.ndarray]:
+    """baseline -> test crop scores with the treatment panelscan's families get: each baseline
+    fitted on one family's clean training crops, scores divided by that family's clean val
+    median. Test crops go by their metadata family (panelscan routes by its classifier)."""
+    val_families, test_families = split.val["family"].to_numpy(str), split.test["family"].to_numpy(str)
+    clean_val = (split.val["label"] == "ok").to_numpy()
+    out = {name: np.full(len(split.test), np.nan) for name in BASELINES}
+    for family in names:
+        in_val, in_test = val_families == family, test_families == family
+        scores = baseline_scores(split.train[torch.from_numpy(split.train_families == family)],
+                                 {"val": split.val_x[torch.from_numpy(in_val)],
+                                  "test": split.test_x[torch.from_numpy(in_test)]}, seed)
+        for name in BASELINES:
+            reference = scores[name]["val"][clean_val[in_val]]
+            unit = float(np.median(reference)) if len(reference) and np.median(reference) > 0 else 1.0
+            out[name][in_test] = scores[name]["test"] / unit
     return out
 
 
@@ -147,25 +168,32 @@ def scoring_speed(model: torch.nn.Module, files: list[Path], cfg: PanelConfig) -
             "end_to_end_share_of_floor": end_to_end / floor if floor else float("nan")}
 
 
-def run_dataset(dataset: BenchDataset, workdir: Path, cfg: PanelConfig, families: tuple[str, ...],
+def run_dataset(dataset: BenchDataset, workdir: Path, cfg: PanelConfig, model_types: tuple[str, ...],
                 log: Callable[[str], None] = print) -> dict:
     log(f"[{dataset.name}] ingest + split")
     split = prepare_split(dataset, workdir, cfg)
     test_ids = images_hash(split.test)
     methods: dict[str, dict] = {}
     speed: dict[str, dict] = {}
-    for family in families:
-        log(f"[{dataset.name}] train {family}")
-        family_cfg = cfg.replace("model", model_type=family)
-        metrics, timing = model_result(split, family_cfg, dataset.groups)
-        methods[f"panelscan_{family}"] = metrics
+    for model_type in model_types:
+        log(f"[{dataset.name}] train {model_type}")
+        type_cfg = cfg.replace("model", model_type=model_type)
+        metrics, timing = model_result(split, type_cfg, dataset.groups)
+        methods[f"panelscan_{model_type}"] = metrics
         files = [Path(dataset.raw) / p for p in split.test["source_path"].drop_duplicates()]
-        speed[f"panelscan_{family}"] = {k: v for k, v in timing.items() if k != "model"} | scoring_speed(
-            timing["model"], files, family_cfg)
+        speed[f"panelscan_{model_type}"] = {k: v for k, v in timing.items() if k != "model"} | scoring_speed(
+            timing["model"], files, type_cfg)
     log(f"[{dataset.name}] baselines")
     base = baseline_scores(split.train, {"test": split.test_x}, cfg.train.seed)
     for name in BASELINES:
         methods[name] = image_metrics(base[name]["test"], split.test, dataset.groups) | {"image_ids": test_ids}
+    names = training_families(pd.Series(split.train_families, dtype=str))
+    known = split.test["family"].isin(names).all()
+    if names and known:  # the same metadata panelscan's families use, given to the baselines too
+        per_family = per_family_baseline_scores(split, names, cfg.train.seed)
+        for name in BASELINES:
+            methods[f"{name}_per_family"] = image_metrics(per_family[name], split.test, dataset.groups) | {
+                "image_ids": test_ids, "families": list(names)}
     return {"split": {"train_crops": len(split.train), "val_images": int(split.val["source_sha256"].nunique()),
                       "test_images": int(split.test["source_sha256"].nunique()), "test_image_ids": test_ids,
                       "image_size": cfg.ingest.image_size, "crop": cfg.ingest.crop, "tile": cfg.ingest.tile},
@@ -177,11 +205,11 @@ def machine() -> dict[str, str | int]:
             "cpu_count": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""}
 
 
-def run_bench(datasets: list[BenchDataset], root: Path, cfg: PanelConfig, families: tuple[str, ...] = ("convvae", "vqvae"),
+def run_bench(datasets: list[BenchDataset], root: Path, cfg: PanelConfig, model_types: tuple[str, ...] = ("convvae", "vqvae"),
               log: Callable[[str], None] = print) -> dict:
     """Every data set in its own fresh workdir under root; the whole result as one JSON-able dict."""
     start = time.perf_counter()
-    results = {d.name: run_dataset(d, Path(root) / d.name, cfg, families, log) for d in datasets}
+    results = {d.name: run_dataset(d, Path(root) / d.name, cfg, model_types, log) for d in datasets}
     return {"schema_version": SCHEMA_VERSION, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "config": cfg.to_dict(), "datasets": results,
             "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,

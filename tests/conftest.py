@@ -27,6 +27,25 @@ def synth_raw(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def two_family_raw(synth_raw: Path, tmp_path_factory) -> Path:
+    """The synthetic frames as family `plain` and the same frames inverted as family `negative`,
+    named in the labels file's `family` column (read-only for tests)."""
+    import pandas as pd
+    from PIL import Image, ImageOps
+
+    out = tmp_path_factory.mktemp("two_family_raw")
+    rows = []
+    for row in pd.read_csv(synth_raw / "labels.csv", dtype=str, keep_default_na=False).itertuples():
+        image = Image.open(synth_raw / row.path).convert("L")
+        for family, picture in (("plain", image), ("negative", ImageOps.invert(image))):
+            picture.save(out / f"{family}_{row.path}")
+            rows.append(dict(path=f"{family}_{row.path}", label=row.label, panel_id=f"{family}-{row.panel_id}",
+                             family=family))
+    pd.DataFrame(rows).to_csv(out / "labels.csv", index=False)
+    return out
+
+
 def tree_digest(root: Path) -> dict[str, str]:
     """Path -> sha256 of every file under root (to prove a folder is byte-identical)."""
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()

@@ -34,3 +34,16 @@ def test_tiny_bench_has_the_schema_and_identical_test_images_for_every_method(sy
         assert speed["seconds_per_epoch"] > 0 and np.isfinite(speed["end_to_end_share_of_floor"])
     table = markdown_table(result)
     assert table.count("| tiny |") == len(methods) + 2 and "peak memory" in table
+
+
+def test_bench_with_families_trains_per_family_and_gives_baselines_the_same_metadata(two_family_raw: Path,
+                                                                                    tmp_path: Path):
+    dataset = BenchDataset("families", two_family_raw, two_family_raw / "labels.csv")
+    cfg = small_config(epochs=2).replace("ingest", crop="none")
+    result = run_bench([dataset], tmp_path, cfg, model_types=("convvae",), log=lambda _: None)["datasets"]["families"]
+    methods = result["methods"]
+    assert methods["panelscan_convvae"]["families"] == ["negative", "plain"]
+    assert methods["panelscan_convvae"]["router_val_accuracy"] == 1.0
+    assert set(methods) == {"panelscan_convvae", *BASELINES, *(f"{name}_per_family" for name in BASELINES)}
+    assert {m["image_ids"] for m in methods.values()} == {result["split"]["test_image_ids"]}
+    assert all(0 <= m["roc_auc"] <= 1 for m in methods.values())

@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from PIL import Image, ImageOps
 
 from pipeline.config import ModelConfig
 from pipeline.families import FamilyModels, fit_family_classifier, training_families
@@ -74,29 +73,14 @@ def test_scores_are_scaled_per_family_so_families_compare():
     assert scaled_scores(raw, family, {}) == raw  # calibrations from before families: raw scores
 
 
-def _two_family_raw(synth_raw: Path, out: Path) -> Path:
-    """The synthetic frames as family `plain`, and the same frames inverted as family `negative`,
-    with the family in the labels file's `family` column."""
-    labels = pd.read_csv(synth_raw / "labels.csv", dtype=str, keep_default_na=False)
-    out.mkdir()
-    rows = []
-    for row in labels.itertuples():
-        image = Image.open(synth_raw / row.path).convert("L")
-        for family, picture in (("plain", image), ("negative", ImageOps.invert(image))):
-            name = f"{family}_{row.path}"
-            picture.save(out / name)
-            rows.append(dict(path=name, label=row.label, panel_id=f"{family}-{row.panel_id}", family=family))
-    pd.DataFrame(rows).to_csv(out / "labels.csv", index=False)
-    return out
-
-
-def test_pipeline_trains_one_model_per_family_and_reports_each_images_family(synth_raw: Path, tmp_path: Path):
+def test_pipeline_trains_one_model_per_family_and_reports_each_images_family(two_family_raw: Path, synth_raw: Path,
+                                                                            tmp_path: Path):
     from pipeline import tracking
     from pipeline.ingest import ingest, prepare
     from pipeline.scoring import score_crops
     from pipeline.stages import calibrate_stage, score_stage, train_stage
 
-    raw = _two_family_raw(synth_raw, tmp_path / "raw")
+    raw = two_family_raw
     cfg = small_config(epochs=2).replace("ingest", crop="none")
     work = tmp_path / "work"
     result = ingest(raw, work, raw / "labels.csv", cfg.ingest)

@@ -115,6 +115,28 @@ def test_reingest_with_5_new_files_decodes_only_those_5(synth_raw: Path, tmp_pat
     assert after.loc[before.index].equals(before)  # old rows untouched: same split, same ingested_at
 
 
+def test_reingest_applies_a_changed_labels_file_without_decoding_again(synth_raw: Path, tmp_path: Path, monkeypatch):
+    """A labeller corrects one image and adds families: the next ingest decodes nothing, the
+    manifest carries the new label and families, and the corrected panel leaves training."""
+    import pipeline.ingest as ingest_module
+
+    cfg = IngestConfig(image_size=64)
+    ingest(synth_raw, tmp_path / "w", synth_raw / "labels.csv", cfg)
+    manifest = pd.read_csv(WorkDirs(tmp_path / "w").manifest, keep_default_na=False)
+    assert set(manifest["family"]) == {""}
+    relabelled = manifest.loc[manifest["split"] == "train", "source_path"].iloc[0]
+    labels = pd.read_csv(synth_raw / "labels.csv", dtype=str, keep_default_na=False)
+    labels.loc[labels["path"] == relabelled, "label"] = "crack"
+    labels["family"] = np.where(labels.index % 2, "a", "b")
+    labels.to_csv(tmp_path / "labels_v2.csv", index=False)
+    monkeypatch.setattr(ingest_module, "prepare", lambda path, cfg: pytest.fail(f"decoded {path} again"))
+    result = ingest(synth_raw, tmp_path / "w", tmp_path / "labels_v2.csv", cfg)
+    assert result.n_new == 0
+    after = pd.read_csv(WorkDirs(tmp_path / "w").manifest, keep_default_na=False).set_index("source_path")
+    assert after.loc[relabelled, "label"] == "crack" and after.loc[relabelled, "split"] in ("val", "test")
+    assert (after["family"] == labels.set_index("path").loc[after.index, "family"]).all()
+
+
 def test_auto_crop_matches_true_panel_box(synth_raw: Path):
     panels = pd.read_csv(synth_raw / "panels.csv")
     ious = [box_iou(locate_panel(decode_file(synth_raw / p).pixels), tuple(map(int, b.split(","))))
