@@ -146,8 +146,11 @@ def model_result(split: Split, cfg: PanelConfig, groups: dict[str, str]) -> tupl
     test = score_crops(trained.model, split.test_x, cfg.score, cfg.model, keep_heatmaps=False)
     metrics = image_metrics(scaled_scores(test.scores, test.family, scale)[name], split.test, groups) | {
         "score": name, "image_ids": images_hash(split.test), "families": [f for f in trained.results if f]}
-    if trained.classifier is not None:
+    if trained.classifier is not None:  # clean val crops; test crops, defects included
+        names = trained.classifier.names
+        truth = np.array([names.index(f) if f in names else -1 for f in split.test["family"]])
         metrics["router_val_accuracy"] = trained.classifier.accuracy
+        metrics["router_test_accuracy"] = float((test.family == truth).mean())
     results = trained.results.values()
     seconds, epochs = sum(r.seconds for r in results), max(max(1, len(r.history)) for r in results)
     return metrics, {"train_seconds": seconds, "seconds_per_epoch": seconds / epochs,  # one pass over all families

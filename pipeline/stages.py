@@ -184,6 +184,10 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     classifier, accuracy = _fit_defect_types(val_s, test_s, calibration.score_name)
     if classifier is not None:
         calibration.test["suspected_defect_accuracy"] = accuracy
+    known = test["family"].isin(families).to_numpy()
+    if families and known.any():  # routing on every test crop, defects included (training saw clean crops only)
+        truth = np.array([families.index(f) for f in test["family"][known]])
+        calibration.test["router_accuracy"] = float((test_s.crops.family[known] == truth).mean())
     calibration = replace(calibration, test_images=dataset_hash(test, "source_sha256"), defect_classifier=classifier,
                           score_scale=scale, families=families)
     tracking.log_calibration(calibration, _calibration_figures(test_s, test, calibration, dirs, model_cfg))

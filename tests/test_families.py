@@ -95,6 +95,7 @@ def test_pipeline_trains_one_model_per_family_and_reports_each_images_family(two
     assert calibration.families == ["negative", "plain"]
     assert set(calibration.score_scale) >= {"dark_area_max", "norm_blur_max"}
     assert all(len(v) == 2 for v in calibration.score_scale.values())
+    assert calibration.test["router_accuracy"] == 1.0  # test crops, defects included
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
