@@ -80,7 +80,7 @@ def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True, resume: 
             path = ckpt.with_name(f"{ckpt.stem}-{family}.pt") if family else ckpt
             checkpointing = Checkpointing(path, resume, {"run_id": run.info.run_id}) if cfg.train.checkpoint else None
             result = train_model(tx, vx, family_cfg, on_epoch=tracking.epoch_logger(family), progress=progress,
-                                 checkpoint=checkpointing)
+                                 checkpoint=checkpointing, family=family)
             tracking.log_latent_report(result.latent, family)
             if result.collapsed:
                 warnings.warn(f"{family or 'model'}: {result.latent.warning}", stacklevel=2)

@@ -223,7 +223,7 @@ def _restore_streams(saved: dict[str, Any], model: nn.Module, optimizer: torch.o
 
 
 def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on_epoch: EpochCallback | None = None,
-                progress: bool = True, checkpoint: Checkpointing | None = None) -> TrainResult:
+                progress: bool = True, checkpoint: Checkpointing | None = None, family: str = "") -> TrainResult:
     """Fit a model on clean uint8 crops; early stopping on clean validation reconstruction.
     With checkpoint, the full state is saved after every epoch; resume=True continues from it
     (same weights, optimiser, schedule, random streams: the loss curve carries on unchanged)."""
@@ -256,7 +256,8 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
         result.history, result.best_epoch, result.resumed_from = saved["history"], saved["best_epoch"], saved["epoch"]
     start = time.perf_counter()
     first = result.resumed_from + 1
-    bar = tqdm(range(first, tc.epochs + 1), desc=f"train {cfg.model.model_type} on {device}", unit="epoch",
+    what = f"{cfg.model.model_type} ({family})" if family else cfg.model.model_type
+    bar = tqdm(range(first, tc.epochs + 1), desc=f"train {what} on {device}", unit="epoch",
                disable=not progress, initial=first - 1, total=tc.epochs)
     for epoch in bar:
         if stale >= tc.patience and epoch > tc.min_epochs:  # a resumed run that had already stopped early
