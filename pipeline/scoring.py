@@ -95,7 +95,10 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
     parts: list[ScoredBatch] = []
     for start in range(0, len(crops), cfg.batch_size):
         x = crops[start:start + cfg.batch_size].float() / 255.0
-        recon, latent, error_ref, family = model(x)
+        outputs = model(x)
+        recon, latent, error_ref = outputs[:3]
+        # versions registered before families return three outputs: one family
+        family = outputs[3] if len(outputs) > 3 else torch.zeros(len(x), dtype=torch.long)
         part = score_maps(x, recon.float(), latent.float(), error_ref.float(), family, cfg, model_cfg)
         if not keep_heatmaps:
             part.heatmaps = part.heatmaps[:0]

@@ -1,5 +1,6 @@
 """Score functions from an error map: what each one notices."""
 
+import numpy as np
 import torch
 
 from pipeline.config import ModelConfig, ScoreConfig
@@ -55,3 +56,21 @@ def test_area_blur_works_on_maps_smaller_than_its_kernel() -> None:
     tiny[..., 8, 8] = 1.0
     out = blur(tiny, 8.0)  # a 49-tap kernel, truncated to the map
     assert out.shape == tiny.shape and torch.isfinite(out).all() and out.max() < 1.0
+
+
+def test_a_model_registered_before_families_still_scores_as_one_family():
+    """Champions exported before the family output return three tensors; the gate and nightly
+    scoring must still score them (every image family 0), with the same scores as before."""
+    from pipeline.models import build_model
+    from pipeline.scoring import score_crops
+
+    model = build_model(ModelConfig(latent_dim=8, channels=(8, 16)), 32).eval()
+
+    class ThreeOutputs(torch.nn.Module):
+        def forward(self, x):
+            return model(x)[:3]
+
+    crops = (torch.rand(5, 1, 32, 32) * 255).to(torch.uint8)
+    old, new = (score_crops(m, crops, ScoreConfig(), ModelConfig()) for m in (ThreeOutputs(), model))
+    assert old.family.tolist() == [0] * 5
+    assert all(np.array_equal(old.scores[k], new.scores[k]) for k in new.scores)
