@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from pipeline.calibrate import evaluate, select_score
 from pipeline.config import PanelConfig
 from pipeline.ingest import WorkDirs, ingest, load_split, prepare_many
-from pipeline.families import train_models, training_families
+from pipeline.families import routing_accuracy, train_models, training_families
 from pipeline.scoring import fit_score_scale, per_image_max, scaled_scores, score_crops
 from pipeline.train import load_crops, train_model
 
@@ -147,10 +147,9 @@ def model_result(split: Split, cfg: PanelConfig, groups: dict[str, str]) -> tupl
     metrics = image_metrics(scaled_scores(test.scores, test.family, scale)[name], split.test, groups) | {
         "score": name, "image_ids": images_hash(split.test), "families": [f for f in trained.results if f]}
     if trained.classifier is not None:  # clean val crops; test crops, defects included
-        names = trained.classifier.names
-        truth = np.array([names.index(f) if f in names else -1 for f in split.test["family"]])
         metrics["router_val_accuracy"] = trained.classifier.accuracy
-        metrics["router_test_accuracy"] = float((test.family == truth).mean())
+        metrics["router_test_accuracy"] = routing_accuracy(test.family, split.test["family"].to_numpy(str),
+                                                           trained.classifier.names)
     results = trained.results.values()
     seconds, epochs = sum(r.seconds for r in results), max(max(1, len(r.history)) for r in results)
     return metrics, {"train_seconds": seconds, "seconds_per_epoch": seconds / epochs,  # one pass over all families

@@ -100,12 +100,16 @@ def fit_family_classifier(train: torch.Tensor, train_families: np.ndarray, val: 
     if len(names) == 2:  # binary: sklearn keeps one row (class 1 vs 0); as two rows argmax picks the same
         weight, bias = np.vstack([np.zeros_like(weight), weight]), np.concatenate([[0.0], bias])
     parts = [torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (scaler.mean_, scaler.scale_, weight, bias)]
-    known = np.isin(val_families, names)
-    accuracy = float("nan")
-    if known.any():
-        predicted = FamilyModels([], *parts).family(val[torch.from_numpy(known)].float() / 255.0).numpy()
-        accuracy = float((predicted == np.array([names.index(f) for f in val_families[known]])).mean())
-    return FamilyClassifier(*parts, names, accuracy)
+    routed = FamilyModels([], *parts).family(val.float() / 255.0).numpy()
+    return FamilyClassifier(*parts, names, routing_accuracy(routed, val_families, names))
+
+
+def routing_accuracy(routed: np.ndarray, families: np.ndarray, names: tuple[str, ...] | list[str]) -> float:
+    """Share of crops whose metadata family is one of names that were routed to it (NaN: none)."""
+    known = np.isin(families, names)
+    if not known.any():
+        return float("nan")
+    return float((routed[known] == np.array([list(names).index(f) for f in families[known]])).mean())
 
 
 @dataclass

@@ -32,7 +32,7 @@ from pipeline.ledger import Ledger
 from pipeline.report import heatmap_overlay, save_heatmap, write_gallery, write_report
 from pipeline.scoring import (ScoredBatch, fit_score_scale, per_image_max, scaled_scores, score_crops,
                               strongest_region, worst_crop)
-from pipeline.families import train_models
+from pipeline.families import routing_accuracy, train_models
 from pipeline.train import Checkpointing, TrainResult, dataset_hash, load_crops, read_checkpoint, train_model
 
 LATEST_TRAIN = "latest_train.json"
@@ -184,10 +184,8 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     classifier, accuracy = _fit_defect_types(val_s, test_s, calibration.score_name)
     if classifier is not None:
         calibration.test["suspected_defect_accuracy"] = accuracy
-    known = test["family"].isin(families).to_numpy()
-    if families and known.any():  # routing on every test crop, defects included (training saw clean crops only)
-        truth = np.array([families.index(f) for f in test["family"][known]])
-        calibration.test["router_accuracy"] = float((test_s.crops.family[known] == truth).mean())
+    if families and test["family"].isin(families).any():  # every test crop, defects included (fitted on clean ones)
+        calibration.test["router_accuracy"] = routing_accuracy(test_s.crops.family, test["family"].to_numpy(str), families)
     calibration = replace(calibration, test_images=dataset_hash(test, "source_sha256"), defect_classifier=classifier,
                           score_scale=scale, families=families)
     tracking.log_calibration(calibration, _calibration_figures(test_s, test, calibration, dirs, model_cfg))
