@@ -16,9 +16,8 @@ import pandas as pd
 from pipeline import tracking
 from pipeline.config import PanelConfig
 from pipeline.crop import box_iou
-from pipeline.ingest import WorkDirs, load_split
 from pipeline.scoring import score_crops, strongest_region
-from pipeline.train import load_crops
+from pipeline.workspace import WorkDirs, load_crops, load_split
 
 
 def _box(text: str) -> tuple[int, ...]:

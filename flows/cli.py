@@ -10,37 +10,25 @@ import os
 import sys
 from pathlib import Path
 
-from pipeline.config import PanelConfig
+from pipeline.config import PanelConfig, cli_options
+
+
+def _add_settings(p: argparse.ArgumentParser, *sections: str) -> None:
+    """The config settings of these sections that are command-line options (pipeline/config.py)."""
+    for o in (o for section in sections for o in cli_options(section)):
+        p.add_argument(o.flag, dest=f"{o.section}.{o.name}", type=o.type, choices=o.choices,
+                       metavar=None if o.choices else o.name.upper(), help=f"{o.help} (default: {o.default})")
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="JSON file overriding config defaults (see pipeline/config.py)")
     p.add_argument("--workdir", default="data", help="where processed/, quarantine/, reports/ live (default: data)")
-    p.add_argument("--model-name", help="registered model name (default: panel-anomaly); one per data set, so "
-                                        "champions are only compared on the same test crops")
-
-
-def _add_ingest(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--crop", choices=["auto", "roi", "none"], help="panel cropping (default: auto)")
-    p.add_argument("--image-size", type=int, help="model input side in pixels (default: 128)")
-    p.add_argument("--tile", type=int, help="cut the panel into overlapping tiles of this many source pixels; "
-                                            "an image scores as its worst tile (default: 0, no tiling)")
+    _add_settings(p, "tracking")
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", choices=["convvae", "vqvae"], help="model family (default: convvae)")
-    p.add_argument("--epochs", type=int, help="maximum epochs (early stopping may end sooner)")
-    p.add_argument("--beta", type=float, help="β, the KL weight")
-    p.add_argument("--beta-schedule", choices=["constant", "linear", "cyclical"])
-    p.add_argument("--free-bits", type=float, help="per-dimension KL floor in nats")
-    p.add_argument("--latent-dim", type=int, help="convvae: size of z; vqvae: size of each code vector")
-    p.add_argument("--recon-loss", choices=["mse", "bce"], help="reconstruction likelihood (default: mse)")
-    p.add_argument("--codebook-size", type=int, help="vqvae: number of codes (default: 128)")
-    p.add_argument("--codebook-update", choices=["ema", "loss"], help="vqvae: EMA or codebook loss (default: ema)")
-    p.add_argument("--workers", type=int, help="DataLoader worker processes (default: 0)")
+    _add_settings(p, "model", "train")
     p.add_argument("--resume", action="store_true", help="continue an interrupted training run from its checkpoint")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--seed", type=int)
 
 
 def _add_scale(p: argparse.ArgumentParser) -> None:
@@ -65,7 +53,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ingest", help="validate, crop and split raw images")
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--labels", help="labels CSV (path,label[,panel_id])")
-    _add_config(p), _add_ingest(p)
+    _add_config(p), _add_settings(p, "ingest")
     p = sub.add_parser("train", help="train a model on clean crops and register it")
     _add_config(p), _add_train(p)
     p = sub.add_parser("calibrate", help="choose score + threshold on val, report test, promote")
@@ -95,22 +83,15 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("pipeline", help="ingest -> train -> calibrate -> promote")
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--labels")
-    _add_config(p), _add_ingest(p), _add_train(p)
+    _add_config(p), _add_settings(p, "ingest"), _add_train(p)
     return root
 
 
 def build_config(args: argparse.Namespace) -> PanelConfig:
+    """Defaults, then the --config file, then the options given on the command line."""
     cfg = PanelConfig.load(getattr(args, "config", None))
-    cfg = cfg.replace("ingest", crop=getattr(args, "crop", None), image_size=getattr(args, "image_size", None),
-                      tile=getattr(args, "tile", None))
-    cfg = cfg.replace("tracking", model_name=getattr(args, "model_name", None))
-    cfg = cfg.replace("model", model_type=getattr(args, "model", None), beta=getattr(args, "beta", None),
-                      beta_schedule=getattr(args, "beta_schedule", None), free_bits=getattr(args, "free_bits", None),
-                      latent_dim=getattr(args, "latent_dim", None), recon_loss=getattr(args, "recon_loss", None),
-                      codebook_size=getattr(args, "codebook_size", None),
-                      codebook_update=getattr(args, "codebook_update", None))
-    cfg = cfg.replace("train", epochs=getattr(args, "epochs", None), device=getattr(args, "device", None),
-                      seed=getattr(args, "seed", None), loader_workers=getattr(args, "workers", None))
+    for section in ("ingest", "model", "train", "tracking"):
+        cfg = cfg.replace(section, **{o.name: getattr(args, f"{section}.{o.name}", None) for o in cli_options(section)})
     return cfg
 
 

@@ -14,7 +14,6 @@ fitted and scaled per family as panelscan is), so the metadata helps every metho
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import resource
 import time
@@ -33,14 +32,17 @@ from torch.nn import functional as F
 
 from pipeline.calibrate import evaluate, select_score
 from pipeline.config import PanelConfig
-from pipeline.ingest import WorkDirs, ingest, load_split, prepare_many
 from pipeline.families import routing_accuracy, train_models, training_families
-from pipeline.scoring import fit_score_scale, per_image_max, scaled_scores, score_crops
-from pipeline.train import load_crops, train_model
+from pipeline.images import to_float
+from pipeline.ingest import ingest, prepare_many
+from pipeline.models import MODEL_TYPES
+from pipeline.scoring import clean_medians, per_image_max, score_crops
+from pipeline.split_scores import score_val_test
+from pipeline.train import train_model
+from pipeline.workspace import WorkDirs, dataset_hash, is_clean, load_crops, load_split
 
 SCHEMA_VERSION = 1
 BASELINES = ("pca_recon", "knn5_pixels", "iforest_pca")
-METRICS = ("roc_auc", "pr_auc")
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,8 @@ class Split:
     test_x: torch.Tensor
 
 
-def images_hash(rows: pd.DataFrame) -> str:
-    """Identity of the test images every method is judged on."""
-    return hashlib.sha256("\n".join(sorted(set(rows["source_sha256"]))).encode()).hexdigest()[:16]
-
-
 def _flat(x: torch.Tensor, side: int | None = None) -> np.ndarray:
-    x = x.float() / 255.0
+    x = to_float(x)
     if side and x.shape[-1] != side:
         x = F.interpolate(x, size=(side, side), mode="area")
     return x.flatten(1).numpy()
@@ -94,7 +91,7 @@ def per_family_baseline_scores(split: Split, names: tuple[str, ...], seed: int =
     fitted on one family's clean training crops, scores divided by that family's clean val
     median. Test crops go by their metadata family (panelscan routes by its classifier)."""
     val_families, test_families = split.val["family"].to_numpy(str), split.test["family"].to_numpy(str)
-    clean_val = (split.val["label"] == "ok").to_numpy()
+    clean_val = is_clean(split.val).to_numpy()
     out = {name: np.full(len(split.test), np.nan) for name in BASELINES}
     for family in names:
         in_val, in_test = val_families == family, test_families == family
@@ -102,8 +99,7 @@ def per_family_baseline_scores(split: Split, names: tuple[str, ...], seed: int =
                                  {"val": split.val_x[torch.from_numpy(in_val)],
                                   "test": split.test_x[torch.from_numpy(in_test)]}, seed)
         for name in BASELINES:
-            reference = scores[name]["val"][clean_val[in_val]]
-            unit = float(np.median(reference)) if len(reference) and np.median(reference) > 0 else 1.0
+            unit = clean_medians(scores[name]["val"], np.zeros(in_val.sum(), dtype=int), clean_val[in_val], 1)[0]
             out[name][in_test] = scores[name]["test"] / unit
     return out
 
@@ -133,22 +129,19 @@ def prepare_split(dataset: BenchDataset, workdir: Path, cfg: PanelConfig) -> Spl
 
 def model_result(split: Split, cfg: PanelConfig, groups: dict[str, str]) -> tuple[dict, dict]:
     """Train one model type on the split (one model per family when the labels name families),
-    scale and choose its score on val as calibration does, report test; and its speed."""
-    clean = (split.val["label"] == "ok").to_numpy()
+    score, scale and choose its score on val as calibration does, report test; and its speed."""
+    clean = is_clean(split.val).to_numpy()
     trained = train_models(split.train, split.train_families, split.val_x[torch.from_numpy(clean.copy())],
                            split.val["family"].to_numpy(str)[clean], cfg,
                            lambda _, tx, vx, family_cfg: train_model(tx, vx, family_cfg, progress=False))
-    val = score_crops(trained.model, split.val_x, cfg.score, cfg.model, keep_heatmaps=False)
-    scale = fit_score_scale(val.scores, val.family, clean, len(trained.results))
-    _, val_images = per_image_max(scaled_scores(val.scores, val.family, scale), split.val["source_sha256"])
-    val_labels = split.val.groupby("source_sha256", sort=False)["label"].first().to_numpy()
-    name = select_score(val_images, val_labels)
-    test = score_crops(trained.model, split.test_x, cfg.score, cfg.model, keep_heatmaps=False)
-    metrics = image_metrics(scaled_scores(test.scores, test.family, scale)[name], split.test, groups) | {
-        "score": name, "image_ids": images_hash(split.test), "families": [f for f in trained.results if f]}
+    scored = score_val_test(trained.model, split.val, split.val_x, split.test, split.test_x, cfg, len(trained.results))
+    name = select_score(scored.val.scores, scored.val.labels)
+    metrics = image_metrics(scored.test.crops.scores[name], split.test, groups) | {
+        "score": name, "image_ids": dataset_hash(split.test, "source_sha256"),
+        "families": [f for f in trained.results if f]}
     if trained.classifier is not None:  # clean val crops; test crops, defects included
         metrics["router_val_accuracy"] = trained.classifier.accuracy
-        metrics["router_test_accuracy"] = routing_accuracy(test.family, split.test["family"].to_numpy(str),
+        metrics["router_test_accuracy"] = routing_accuracy(scored.test.crops.family, split.test["family"].to_numpy(str),
                                                            trained.classifier.names)
     results = trained.results.values()
     seconds, epochs = sum(r.seconds for r in results), max(max(1, len(r.history)) for r in results)
@@ -174,7 +167,7 @@ def run_dataset(dataset: BenchDataset, workdir: Path, cfg: PanelConfig, model_ty
                 log: Callable[[str], None] = print) -> dict:
     log(f"[{dataset.name}] ingest + split")
     split = prepare_split(dataset, workdir, cfg)
-    test_ids = images_hash(split.test)
+    test_ids = dataset_hash(split.test, "source_sha256")
     methods: dict[str, dict] = {}
     speed: dict[str, dict] = {}
     for model_type in model_types:
@@ -207,8 +200,8 @@ def machine() -> dict[str, str | int]:
             "cpu_count": torch.get_num_threads(), "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""}
 
 
-def run_bench(datasets: list[BenchDataset], root: Path, cfg: PanelConfig, model_types: tuple[str, ...] = ("convvae", "vqvae"),
-              log: Callable[[str], None] = print) -> dict:
+def run_bench(datasets: list[BenchDataset], root: Path, cfg: PanelConfig,
+              model_types: tuple[str, ...] = tuple(MODEL_TYPES), log: Callable[[str], None] = print) -> dict:
     """Every data set in its own fresh workdir under root; the whole result as one JSON-able dict."""
     start = time.perf_counter()
     results = {d.name: run_dataset(d, Path(root) / d.name, cfg, model_types, log) for d in datasets}

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from pipeline.drift import reference_quantiles
-from pipeline.labels import is_defect
+from pipeline.labels import OK, is_defect
 
 
 @dataclass(frozen=True)
@@ -79,7 +79,7 @@ def evaluate(scores: np.ndarray, labels: np.ndarray, threshold: float | None = N
     if 0 < y.sum() < len(y):
         metrics["roc_auc"] = float(roc_auc_score(y, scores))
         metrics["pr_auc"] = float(average_precision_score(y, scores))
-        clean = labels == "ok"
+        clean = labels == OK
         for cls in sorted({c for c in labels if is_defect(c)}):
             pick = clean | (labels == cls)
             if clean.any():
@@ -100,7 +100,7 @@ BOOTSTRAP_ROUNDS = 1000
 CI_LEVEL = 0.95
 
 
-def _bootstrap_indices(y: np.ndarray, rounds: int, seed: int) -> list[np.ndarray]:
+def bootstrap_indices(y: np.ndarray, rounds: int, seed: int) -> list[np.ndarray]:
     """Resamples of the images, stratified (clean and defect resampled separately) so every
     resample has both classes and an AUC."""
     rng = np.random.default_rng(seed)
@@ -108,7 +108,7 @@ def _bootstrap_indices(y: np.ndarray, rounds: int, seed: int) -> list[np.ndarray
     return [np.concatenate([rng.choice(clean, clean.size), rng.choice(defect, defect.size)]) for _ in range(rounds)]
 
 
-def _interval(values: list[float], level: float) -> tuple[float, float]:
+def interval(values: list[float], level: float) -> tuple[float, float]:
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
@@ -119,35 +119,7 @@ def roc_auc_ci(scores: np.ndarray, labels: np.ndarray, rounds: int = BOOTSTRAP_R
     scores, y = np.asarray(scores, dtype=float), defect_targets(labels)
     if y.all() or not y.any():
         return float("nan"), float("nan")
-    return _interval([roc_auc_score(y[i], scores[i]) for i in _bootstrap_indices(y, rounds, seed)], level)
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    new_auc: float
-    old_auc: float
-    diff_low: float  # CI of new - old ROC-AUC
-    diff_high: float
-
-    def describe(self) -> str:
-        return (f"ROC-AUC {self.new_auc:.4f} vs champion {self.old_auc:.4f}, difference "
-                f"{self.new_auc - self.old_auc:+.4f} ({CI_LEVEL:.0%} paired-bootstrap CI {self.diff_low:+.4f} .. {self.diff_high:+.4f})")
-
-
-def gate(new_scores: np.ndarray, old_scores: np.ndarray, labels: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS,
-         level: float = CI_LEVEL, seed: int = 0) -> GateDecision:
-    """Champion gate on one test set scored by both models: the new model may replace the old one
-    unless it is worse beyond the noise, i.e. unless the whole paired-bootstrap CI of
-    (new AUC - old AUC) lies below zero. Paired: each resample scores the same images with both."""
-    new_scores, old_scores, y = np.asarray(new_scores, float), np.asarray(old_scores, float), defect_targets(labels)
-    if y.all() or not y.any():
-        raise ValueError("the promotion gate needs clean and defect test images")
-    new_auc, old_auc = roc_auc_score(y, new_scores), roc_auc_score(y, old_scores)
-    diffs = [roc_auc_score(y[i], new_scores[i]) - roc_auc_score(y[i], old_scores[i])
-             for i in _bootstrap_indices(y, rounds, seed)]
-    low, high = _interval(diffs, level)
-    return GateDecision(bool(high >= 0), float(new_auc), float(old_auc), low, high)
+    return interval([roc_auc_score(y[i], scores[i]) for i in bootstrap_indices(y, rounds, seed)], level)
 
 
 def select_score(val_scores: dict[str, np.ndarray], labels: np.ndarray, default: str = "blur_max") -> str:
@@ -201,7 +173,7 @@ def calibrate_scores(val_scores: dict[str, np.ndarray], val_labels: np.ndarray,
     test = evaluate(test_scores[name], test_labels, choice.threshold)
     if "roc_auc" in test:
         test["roc_auc_ci_low"], test["roc_auc_ci_high"] = roc_auc_ci(test_scores[name], test_labels)
-    clean = val_scores[name][np.asarray(val_labels).astype(str) == "ok"]
+    clean = val_scores[name][np.asarray(val_labels).astype(str) == OK]
     return Calibration(model_name, str(model_version), name, choice.threshold, choice.rule, choice.fallback, choice.note,
                        evaluate(val_scores[name], val_labels, choice.threshold), test, table,
                        clean_reference=reference_quantiles(clean) if len(clean) else [])

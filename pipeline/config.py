@@ -1,9 +1,15 @@
-"""One typed configuration object; every default works on the embedded (laptop/CPU) setup."""
+"""One typed configuration object; every default works on the embedded (laptop/CPU) setup.
+
+A setting declared with option() is also a command-line option (`--image-size`, or its flag):
+its name, default and help live here only; flows/cli.py builds the parser from cli_options().
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import typing
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -11,15 +17,32 @@ from typing import Any, Literal
 CropMode = Literal["auto", "roi", "none"]
 
 
+def option(default: Any, help: str, flag: str = "") -> Any:
+    """A setting that the command line can set too (as --<name>, or flag)."""
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True)
+class CliOption:
+    section: str  # ingest | model | train | ...
+    name: str  # field name in the section
+    flag: str  # --image-size
+    type: type
+    choices: tuple[str, ...] | None
+    default: Any
+    help: str
+
+
 @dataclass(frozen=True)
 class IngestConfig:
-    crop: CropMode = "auto"
+    crop: CropMode = option("auto", "panel cropping")
     roi: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in the source image, for crop="roi"
-    image_size: int = 128  # crops are resized to image_size x image_size (grayscale)
+    image_size: int = option(128, "model input side in pixels: crops are resized to it (grayscale)")
     # Tiling for large images / fine defects: the panel box is cut into overlapping tile x tile
     # source-pixel patches, each resized to image_size and scored; an image's score is its worst
     # tile's, and the report's region lies in that tile. 0: one crop per image.
-    tile: int = 0
+    tile: int = option(0, "cut the panel into overlapping tiles of this many source pixels; an image scores as its "
+                          "worst tile (0: no tiling)")
     tile_overlap: float = 0.25  # fraction of a tile shared with its neighbour
     min_side: int = 32  # smaller images are quarantined
     max_pixels: int = 50_000_000  # decompression-bomb guard
@@ -33,47 +56,44 @@ class IngestConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    model_type: Literal["convvae", "vqvae"] = "convvae"
-    latent_dim: int = 64  # convvae: size of z; vqvae: size of each code vector
-    # conv widths, depth = len (each stage halves the side); None: the family's default. The VQ-VAE
-    # keeps a finer grid (16x16 at 128 px): at 8x8 its clean reconstructions were too coarse.
+    model_type: Literal["convvae", "vqvae"] = option("convvae", "model type", flag="--model")
+    latent_dim: int = option(64, "convvae: size of z; vqvae: size of each code vector")
+    # conv widths, depth = len (each stage halves the side); None: the model type's default_channels
     channels: tuple[int, ...] | None = None
-    recon_loss: Literal["mse", "bce"] = "mse"  # Gaussian (σ = recon_sigma) or Bernoulli decoder
-    beta: float = 1.0
-    beta_schedule: Literal["constant", "linear", "cyclical"] = "constant"
+    recon_loss: Literal["mse", "bce"] = option("mse", "reconstruction likelihood: Gaussian (σ = recon_sigma) "
+                                                      "or Bernoulli decoder")
+    beta: float = option(1.0, "β, the KL weight")
+    beta_schedule: Literal["constant", "linear", "cyclical"] = option("constant", "how β moves over the epochs")
     beta_warmup_epochs: int = 10  # linear: β reaches its value at this epoch
     beta_cycle_epochs: int = 10  # cyclical: cycle length; β ramps up over the first half of each
-    free_bits: float = 0.0  # nats per latent dimension: KL below this floor is not penalised
+    free_bits: float = option(0.0, "nats per latent dimension: KL below this floor is not penalised")
     # Gaussian decoder std-dev in [0,1] pixel units. recon = SSE / (2 sigma^2), so beta=1 is a true
     # ELBO and beta means the same at every image size (both terms are nats per image).
     recon_sigma: float = 0.1
     # VQ-VAE only
-    codebook_size: int = 128
-    codebook_update: Literal["ema", "loss"] = "ema"  # EMA of assigned vectors, or codebook loss + gradient
+    codebook_size: int = option(128, "vqvae: number of codes")
+    codebook_update: Literal["ema", "loss"] = option("ema", "vqvae: EMA of assigned vectors, or codebook loss + gradient")
     ema_decay: float = 0.99
     commitment_cost: float = 0.25  # weight of ||z - sg[e]||² (van den Oord et al.)
     dead_code_threshold: float = 0.05  # restart codes whose share of assignments < this / codebook_size
 
-    @property
-    def conv_channels(self) -> tuple[int, ...]:
-        return self.channels or {"vqvae": (32, 64, 128)}.get(self.model_type, (32, 64, 128, 128))
-
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 40
+    epochs: int = option(40, "maximum epochs (early stopping may end sooner)")
     batch_size: int = 16  # small sets need many steps: 16 beat 32 at the same epochs on the synthetic set
     lr: float = 2e-3
     weight_decay: float = 0.0
     patience: int = 8  # early stop after this many epochs without a better clean val recon ...
     min_epochs: int = 20  # ... but never before this: early val loss is too noisy to judge (BatchNorm lag)
     min_delta: float = 1e-4  # relative improvement that counts as better
-    seed: int = 0
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = option(0, "seed of weights, batch order and augmentation")
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "where to train")
     max_shift: int = 3  # augmentation: random shift in pixels (keeps clean images clean)
     brightness: float = 0.08  # augmentation: multiplicative gain range +-
     num_threads: int = 0  # 0: torch default
-    loader_workers: int = 0  # DataLoader worker processes; crops are already decoded in memory, so 0 suits CPU
+    loader_workers: int = option(0, "DataLoader worker processes; crops are already decoded in memory, so 0 "
+                                    "suits CPU", flag="--workers")
     checkpoint: bool = True  # save <workdir>/checkpoints/<model_type>.pt every epoch (for --resume)
 
 
@@ -104,7 +124,8 @@ class TrackingConfig:
     artifact_root: str = "mlruns/artifacts"
     train_experiment: str = "panel-train"
     score_experiment: str = "panel-score"
-    model_name: str = "panel-anomaly"
+    model_name: str = option("panel-anomaly", "registered model name; one per data set, so champions are only "
+                                              "compared on the same test crops")
 
 
 @dataclass(frozen=True)
@@ -148,3 +169,16 @@ class PanelConfig:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise ValueError(f"{path}: invalid config: {exc}") from exc
+
+
+def cli_options(section: str) -> Iterator[CliOption]:
+    """The settings of one PanelConfig section that the command line can set."""
+    section_cls = type(getattr(PanelConfig(), section))
+    hints = typing.get_type_hints(section_cls)
+    for f in dataclasses.fields(section_cls):
+        if "help" not in f.metadata:
+            continue
+        hint = hints[f.name]
+        choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+        yield CliOption(section, f.name, f.metadata["flag"] or f"--{f.name.replace('_', '-')}",
+                        str if choices else type(f.default), choices, f.default, f.metadata["help"])

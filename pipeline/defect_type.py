@@ -17,9 +17,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from torch.nn import functional as F
 
-from pipeline.labels import is_defect
+from pipeline.labels import CRACK, LOOSE_CONNECTOR, is_defect
 
-KNOWN_TYPES = ("crack", "loose_connector")
+KNOWN_TYPES = (CRACK, LOOSE_CONNECTOR)
 GRID = 8  # the anomaly map is pooled to GRID x GRID: where on the panel the defect sits
 MIN_PER_CLASS = 3  # fewer labelled examples of a type: no classifier (the column stays empty)
 

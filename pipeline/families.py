@@ -24,6 +24,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import PanelConfig
+from pipeline.images import to_float
+from pipeline.models import ModelOutput
 from pipeline.scoring import blur
 from pipeline.train import TrainResult
 
@@ -66,16 +68,16 @@ class FamilyModels(nn.Module):
         logits = ((family_features(x) - self.mean) / self.scale) @ self.weight.T + self.bias
         return logits.argmax(dim=1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> ModelOutput:
         family = self.family(x)
         outputs = [model(x) for model in self.models]
-        recon, latent, error_ref = outputs[0][0], outputs[0][1], outputs[0][2]
-        for k, (r, lat, ref, _) in enumerate(outputs[1:], start=1):
+        recon, latent, error_ref = outputs[0].recon, outputs[0].latent_score, outputs[0].error_ref
+        for k, out in enumerate(outputs[1:], start=1):
             pick = family == k
-            recon = torch.where(pick[:, None, None, None], r, recon)
-            latent = torch.where(pick, lat, latent)
-            error_ref = torch.where(pick[:, None, None, None], ref, error_ref)
-        return recon, latent, error_ref, family
+            recon = torch.where(pick[:, None, None, None], out.recon, recon)
+            latent = torch.where(pick, out.latent_score, latent)
+            error_ref = torch.where(pick[:, None, None, None], out.error_ref, error_ref)
+        return ModelOutput(recon, latent, error_ref, family)
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,7 @@ def fit_family_classifier(train: torch.Tensor, train_families: np.ndarray, val: 
                           val_families: np.ndarray, names: tuple[str, ...]) -> FamilyClassifier:
     """Logistic regression from family_features of uint8 crops to the index of their family in
     names; accuracy measured on the validation crops of those families."""
-    features = family_features(train.float() / 255.0).numpy()
+    features = family_features(to_float(train)).numpy()
     target = np.array([names.index(f) for f in train_families])
     scaler = StandardScaler().fit(features)
     model = LogisticRegression(C=0.1, max_iter=5000).fit(scaler.transform(features), target)
@@ -100,7 +102,7 @@ def fit_family_classifier(train: torch.Tensor, train_families: np.ndarray, val: 
     if len(names) == 2:  # binary: sklearn keeps one row (class 1 vs 0); as two rows argmax picks the same
         weight, bias = np.vstack([np.zeros_like(weight), weight]), np.concatenate([[0.0], bias])
     parts = [torch.from_numpy(np.asarray(a, dtype=np.float32)) for a in (scaler.mean_, scaler.scale_, weight, bias)]
-    routed = FamilyModels([], *parts).family(val.float() / 255.0).numpy()
+    routed = FamilyModels([], *parts).family(to_float(val)).numpy()
     return FamilyClassifier(*parts, names, routing_accuracy(routed, val_families, names))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,7 +108,15 @@ def write_png(path: Path, pixels: torch.Tensor) -> Path:
 
 
 def to_float(pixels: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> floats in [0, 1], the models' input."""
     return pixels.float() / 255.0
+
+
+def float_batches(crops: torch.Tensor, batch_size: int, device: torch.device | None = None) -> Iterator[torch.Tensor]:
+    """uint8 (N, C, S, S) crops as float batches in [0, 1], on device: the one chunked-inference loop."""
+    for start in range(0, len(crops), batch_size):
+        batch = crops[start:start + batch_size]
+        yield to_float(batch if device is None else batch.to(device))
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ previous state intact and a re-run is safe.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -21,43 +20,11 @@ from pipeline.config import IngestConfig
 from pipeline.crop import Box, CropError, crop_resize, panel_box, tile_boxes
 from pipeline.files import atomic_write_csv, atomic_write_text, sha256_bytes, sha256_file
 from pipeline.images import ImageRejected, decode_file, write_png
-from pipeline.labels import UNCERTAIN, UNLABELLED, is_defect, load_labels, validate_labels
+from pipeline.labels import UNLABELLED, load_labels, validate_labels
+from pipeline.workspace import MANIFEST_COLUMNS, WorkDirs, read_table, with_splits
 
-MANIFEST_COLUMNS = ["crop_id", "source_path", "source_sha256", "bbox", "panel_id", "label", "split",
-                    "width", "height", "ingested_at", "crop_path", "family"]
 QUARANTINE_COLUMNS = ["path", "sha256", "reason", "detected_at"]
 Progress = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class WorkDirs:
-    """Where ingest writes, under one work directory."""
-
-    root: Path
-
-    @property
-    def crops(self) -> Path:
-        return self.root / "processed" / "crops"
-
-    @property
-    def manifest(self) -> Path:
-        return self.root / "processed" / "manifest.csv"
-
-    @property
-    def ledger(self) -> Path:
-        return self.root / "ledger.sqlite"
-
-    @property
-    def preprocessing(self) -> Path:
-        return self.root / "processed" / "preprocessing.json"
-
-    @property
-    def quarantine(self) -> Path:
-        return self.root / "quarantine" / "quarantine.csv"
-
-    @property
-    def reports(self) -> Path:
-        return self.root / "reports"
 
 
 @dataclass(frozen=True)
@@ -129,40 +96,6 @@ def prepare_many(paths: Iterable[Path], cfg: IngestConfig, progress: Progress | 
         if progress is not None:
             progress(i + 1, len(paths))
     return crops, rejected
-
-
-def assign_split(group: str, labels: set[str], cfg: IngestConfig) -> str:
-    """Deterministic split per group (panel): adding panels never reshuffles existing ones.
-
-    Groups holding a defect go to val or test only (we never train on them, and calibration
-    needs them); clean groups go to train / val / test.
-    """
-    if labels <= {UNLABELLED, UNCERTAIN}:
-        return "unlabelled"
-    u = int(hashlib.sha256(f"{cfg.split_seed}:{group}".encode()).hexdigest()[:12], 16) / 16**12
-    if any(is_defect(label) for label in labels):
-        return "val" if u < 0.5 else "test"
-    if u < cfg.train_frac:
-        return "train"
-    return "val" if u < cfg.train_frac + (1 - cfg.train_frac) / 2 else "test"
-
-
-def _with_splits(manifest: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
-    groups = manifest.groupby("panel_id")["label"].agg(set)
-    split_of = {group: assign_split(group, labels, cfg) for group, labels in groups.items()}
-    return manifest.assign(split=manifest["panel_id"].map(split_of))
-
-
-def with_columns(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
-    """The table plus blank columns for those it lacks (written by an older version)."""
-    return table.reindex(columns=[*table.columns, *(c for c in columns if c not in table.columns)], fill_value="")
-
-
-def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
-    """A CSV table as strings; columns it lacks (written by an older version) are blank."""
-    if Path(path).exists():
-        return with_columns(pd.read_csv(path, dtype=str, keep_default_na=False), columns)
-    return pd.DataFrame(columns=columns, dtype=str)
 
 
 def relabel(rows: pd.DataFrame, labels: pd.DataFrame) -> pd.DataFrame:
@@ -260,18 +193,10 @@ def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig
     fresh, rejected = prepare_many(todo, cfg, progress, dict(zip(known["source_sha256"], known["source_path"])))
     rejected = escaped + rejected
     new_rows = crop_rows(fresh, raw, labels, dirs.crops)
-    manifest = _with_splits(pd.concat([known, new_rows], ignore_index=True).astype(str), cfg)
+    manifest = with_splits(pd.concat([known, new_rows], ignore_index=True).astype(str), cfg)
     atomic_write_csv(dirs.manifest, manifest)
     atomic_write_text(dirs.preprocessing, json.dumps(preprocessing(cfg), indent=2))
     record_quarantine(dirs, quarantine_rows(rejected, raw))
     return IngestResult(dirs.manifest, len(fresh), len(candidates) - len(todo), len(rejected),
                         manifest["split"].value_counts().to_dict(), tuple(notes))
 
-
-def load_split(manifest_path: Path, splits: Iterable[str], trainable_only: bool = False) -> pd.DataFrame:
-    """Manifest rows of the given splits (never 'uncertain' ones); trainable_only keeps the clean (ok) crops."""
-    manifest = with_columns(pd.read_csv(manifest_path, dtype=str, keep_default_na=False), MANIFEST_COLUMNS)
-    rows = manifest[manifest["split"].isin(list(splits)) & (manifest["label"] != UNCERTAIN)]
-    if trainable_only:
-        rows = rows[rows["label"] == "ok"]
-    return rows.reset_index(drop=True)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pandas as pd
 
-KNOWN_LABELS = ("ok", "crack", "loose_connector", "uncertain")
-DEFECT_LABELS = ("crack", "loose_connector")
-UNLABELLED = ""
+OK = "ok"  # a clean panel: the only label ever trained on
+CRACK, LOOSE_CONNECTOR = "crack", "loose_connector"  # the defect classes the product names
 UNCERTAIN = "uncertain"  # a labeller's "maybe": ingested and scored, never trained on or calibrated against
+UNLABELLED = ""
+KNOWN_LABELS = (OK, CRACK, LOOSE_CONNECTOR, UNCERTAIN)
 
 
 class LabelsError(ValueError):
@@ -80,4 +81,4 @@ def validate_labels(table: pd.DataFrame, source: Path, raw: Path, inputs: set[st
 
 def is_defect(label: str) -> bool:
     """Any label other than ok, uncertain and unlabelled counts as a defect class."""
-    return label not in ("ok", UNCERTAIN, UNLABELLED)
+    return label not in (OK, UNCERTAIN, UNLABELLED)

@@ -7,8 +7,7 @@ import torch
 from matplotlib.figure import Figure  # object API: no pyplot state, no display, nothing to close
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
-from pipeline.labels import is_defect
-
+from pipeline.labels import OK, is_defect
 from pipeline.models import LatentReport
 from pipeline.models.convvae import ACTIVE_UNIT_KL
 
@@ -60,7 +59,7 @@ def roc_pr_figure(scores: np.ndarray, labels: np.ndarray, title: str) -> Figure:
     labels = np.asarray(labels).astype(str)
     fig = Figure(figsize=(10, 4.2))
     roc_ax, pr_ax = fig.subplots(1, 2)
-    clean = labels == "ok"
+    clean = labels == OK
     for name in ["all defects", *_classes(labels)]:
         pick = np.ones_like(clean) if name == "all defects" else clean | (labels == name)
         y = ~clean[pick] if name == "all defects" else labels[pick] == name
@@ -88,7 +87,7 @@ def score_histogram_figure(scores: np.ndarray, labels: np.ndarray, threshold: fl
     fig = Figure(figsize=(8, 3.6))
     ax = fig.subplots()
     bins = np.histogram_bin_edges(scores, bins=40)
-    for name in ["ok", *_classes(labels)]:
+    for name in [OK, *_classes(labels)]:
         if (labels == name).any():
             ax.hist(scores[labels == name], bins=bins, alpha=0.55, label=f"{name} ({int((labels == name).sum())})")
     ax.axvline(threshold, color="tab:red", linestyle="--", label=f"threshold {threshold:.4g}")
@@ -101,7 +100,7 @@ def score_histogram_figure(scores: np.ndarray, labels: np.ndarray, threshold: fl
 def confusion_figure(scores: np.ndarray, labels: np.ndarray, threshold: float, title: str) -> Figure:
     """Confusion matrix at the threshold: true class (ok / each defect class) x flagged or not."""
     labels = np.asarray(labels).astype(str)
-    rows = ["ok", *_classes(labels)]
+    rows = [OK, *_classes(labels)]
     flagged = scores >= threshold
     table = np.array([[int(((labels == r) & ~flagged).sum()), int(((labels == r) & flagged).sum())] for r in rows])
     fig = Figure(figsize=(4.6, 1.2 + 0.5 * len(rows)))

@@ -1,18 +1,24 @@
 """Inspector reports: data/reports/<date>/scores.csv (every image) and flagged.csv (flagged only,
-highest score first), plus heatmap overlays. Rebuilt from the scoring ledger on every run, so
-re-runs never duplicate an image."""
+highest score first), plus heatmap overlays. Rows are built per scored batch (report_rows, no
+files written) and committed to the scoring ledger; the CSVs are rebuilt from the ledger on every
+run, so re-runs never duplicate an image."""
 
 from __future__ import annotations
 
-from html import escape
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 import torch
 from torchvision.utils import draw_bounding_boxes
 
-from pipeline.files import atomic_write_csv, atomic_write_text
-from pipeline.images import to_uint8, write_png
+from pipeline.calibrate import Calibration
+from pipeline.defect_type import DefectTypeClassifier, error_features
+from pipeline.files import atomic_write_csv
+from pipeline.images import to_float, to_uint8, write_png
+from pipeline.ingest import Crop
+from pipeline.scoring import ScoredBatch, scaled_scores, strongest_region, worst_crop
 
 REPORT_COLUMNS = ["image_path", "crop_id", "panel_id", "score", "threshold", "flagged", "severity", "region",
                   "heatmap_path", "suspected_defect", "suspected_confidence", "score_name", "family", "model_name",
@@ -21,7 +27,7 @@ REPORT_COLUMNS = ["image_path", "crop_id", "panel_id", "score", "threshold", "fl
 
 def heatmap_overlay(crop: torch.Tensor, heat: torch.Tensor, region: tuple[int, int, int, int] | None) -> torch.Tensor:
     """uint8 RGB (3, S, S): the grayscale crop with the anomaly map in red and its strongest box."""
-    gray = crop.float() / 255.0
+    gray = to_float(crop)
     level = (heat / heat.max().clamp_min(1e-12)).unsqueeze(0)
     rgb = torch.cat([gray * (1 - level) + level, gray * (1 - level), gray * (1 - level)])
     image = to_uint8(rgb)
@@ -30,8 +36,53 @@ def heatmap_overlay(crop: torch.Tensor, heat: torch.Tensor, region: tuple[int, i
     return image
 
 
-def save_heatmap(path: Path, crop: torch.Tensor, heat: torch.Tensor, region: tuple[int, int, int, int] | None) -> Path:
-    return write_png(path, heatmap_overlay(crop, heat, region))
+@dataclass(frozen=True)
+class Heatmap:
+    """A flagged image's overlay, to be written under the day's report folder."""
+
+    path: str  # relative to the day's folder: heatmaps/<crop id>.png
+    crop: torch.Tensor  # uint8 (1, S, S)
+    heat: torch.Tensor  # (S, S) anomaly map
+    region: tuple[int, int, int, int]  # strongest box in crop pixels
+
+
+def write_heatmaps(day_dir: Path, heatmaps: list[Heatmap]) -> None:
+    for h in heatmaps:
+        write_png(Path(day_dir) / h.path, heatmap_overlay(h.crop, h.heat, h.region))
+
+
+def report_rows(crops: list[Crop], scored: ScoredBatch, calibration: Calibration, raw: Path,
+                region_size_frac: float) -> tuple[list[dict], list[Heatmap]]:
+    """One row per image, from its highest-scoring crop (tile): score, region, heatmap path and, for
+    flagged images, the suspected defect type (when calibration had labelled defects); and the
+    heatmaps of the flagged images."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    values = scaled_scores(scored.scores, scored.family, calibration.score_scale)[calibration.score_name]
+    classifier = DefectTypeClassifier.from_dict(calibration.defect_classifier)
+    rows, heatmaps = [], []
+    for i in worst_crop(values, [crop.source_sha256 for crop in crops]):
+        crop, score, heat = crops[i], values[i], scored.heatmaps[i]
+        flagged = bool(score >= calibration.threshold)
+        heatmap_path, suspected, confidence = "", "", float("nan")
+        if flagged and classifier is not None:
+            kinds, probabilities = classifier.predict(error_features(heat[None]))
+            suspected, confidence = str(kinds[0]), float(probabilities[0])
+        if flagged:
+            side = heat.shape[-1]
+            heatmap_path = f"heatmaps/{crop.crop_id[:16]}.png"
+            heatmaps.append(Heatmap(heatmap_path, crop.pixels, heat, strongest_region(heat, (0, 0, side, side),
+                                                                                      region_size_frac)))
+        image_path = crop.source_path.relative_to(raw)
+        rows.append(dict(image_path=image_path.as_posix(), crop_id=crop.crop_id, source_sha256=crop.source_sha256,
+                         panel_id=str(image_path.with_suffix("")), score=float(score),
+                         threshold=calibration.threshold, flagged=flagged,
+                         severity=float(score / calibration.threshold) if calibration.threshold else float("inf"),
+                         region=",".join(map(str, strongest_region(heat, crop.bbox, region_size_frac))),
+                         heatmap_path=heatmap_path, suspected_defect=suspected, suspected_confidence=confidence,
+                         score_name=calibration.score_name,
+                         family=calibration.families[scored.family[i]] if calibration.families else "",
+                         model_name=calibration.model_name, model_version=calibration.model_version, scored_at=now))
+    return rows, heatmaps
 
 
 def write_report(day_dir: Path, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -46,59 +97,3 @@ def write_report(day_dir: Path, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.Da
     atomic_write_csv(day_dir / "scores.csv", table)
     atomic_write_csv(day_dir / "flagged.csv", flagged)
     return table, flagged
-
-
-GALLERY_SCRIPT = """
-for (const th of document.querySelectorAll("th[data-key]")) {
-  th.addEventListener("click", () => {
-    const body = document.querySelector("tbody"), key = th.dataset.key;
-    const down = th.dataset.order !== "desc";
-    th.dataset.order = down ? "desc" : "asc";
-    const value = (row) => { const v = row.dataset[key]; return isNaN(v) ? v : Number(v); };
-    [...body.rows].sort((a, b) => (value(a) > value(b) ? 1 : -1) * (down ? -1 : 1)).forEach((r) => body.append(r));
-  });
-}
-"""
-
-
-def write_gallery(day_dir: Path, scores: pd.DataFrame, title: str, warning: str = "") -> Path:
-    """day_dir/index.html: every flagged image with its heatmap overlay, highest score first,
-    sortable by clicking a column; plain HTML + a few lines of script, opens from disk."""
-    flagged = scores[scores["flagged"]].sort_values("score", ascending=False)
-    rows = []
-    for r in flagged.itertuples():
-        suspected = "" if not r.suspected_defect or r.suspected_defect != r.suspected_defect else (
-            f"{escape(str(r.suspected_defect))} ({float(r.suspected_confidence):.0%})")
-        rows.append(
-            f'<tr data-score="{r.score:.6g}" data-severity="{r.severity:.6g}" data-image="{escape(r.image_path)}">'
-            f'<td><a href="{escape(r.heatmap_path)}"><img src="{escape(r.heatmap_path)}" alt="heatmap of '
-            f'{escape(r.image_path)}" width="160" height="160"></a></td><td>{escape(r.image_path)}</td>'
-            f"<td>{r.score:.4g}</td><td>{r.severity:.2f}</td><td>{escape(str(r.region))}</td><td>{suspected}</td></tr>")
-    banner = f'<p class="warning" role="alert">{escape(warning)}</p>' if warning else ""
-    page = f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<title>{escape(title)}</title>
-<style>
-body {{ font-family: sans-serif; margin: 1.5em; }} table {{ border-collapse: collapse; }}
-td, th {{ border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; }}
-th[data-key] {{ cursor: pointer; text-decoration: underline dotted; }}
-.warning {{ background: #fff3cd; border: 1px solid #e0a800; padding: 0.6em; }}
-</style>
-</head>
-<body>
-<h1>{escape(title)}</h1>
-{banner}
-<p>{len(flagged)} of {len(scores)} images flagged. Click score, severity or image to sort.</p>
-<table>
-<thead><tr><th>heatmap</th><th data-key="image">image</th><th data-key="score">score</th><th data-key="severity">severity</th><th>region (x0,y0,x1,y1)</th><th>suspected defect</th></tr></thead>
-<tbody>
-{chr(10).join(rows)}
-</tbody>
-</table>
-<script>{GALLERY_SCRIPT}</script>
-</body>
-</html>
-"""
-    return atomic_write_text(Path(day_dir) / "index.html", page)

@@ -1,8 +1,8 @@
 """Error maps -> image scores and heatmaps. The one inference path for calibration and scoring.
 
-The model is anything that maps a float (B, 1, S, S) batch in [0, 1] to (reconstruction, latent
-score per image, clean error reference): a trained ConvVAE / VQ-VAE or the same network loaded
-back from the MLflow registry.
+The model is anything that maps a float (B, 1, S, S) batch in [0, 1] to a ModelOutput
+(pipeline/models/output.py): a trained ConvVAE / VQ-VAE, the family router, or the same network
+loaded back from the MLflow registry.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import ModelConfig, ScoreConfig
-from pipeline.models import latent_score_name, recon_nll
+from pipeline.images import float_batches
+from pipeline.models import ModelOutput, latent_score_name, model_class
 
 # From the error map alone. The dark_* scores keep the residual's sign: how much darker than its
 # reconstruction an area is, averaged over a blur before the max, so a crack's or an inactive
@@ -62,16 +63,15 @@ def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
     return maps.reshape(b, c, h, w)
 
 
-def score_maps(x: torch.Tensor, recon: torch.Tensor, latent: torch.Tensor, error_ref: torch.Tensor,
-               family: torch.Tensor, cfg: ScoreConfig, model_cfg: ModelConfig) -> ScoredBatch:
-    """All candidate scores from one batch of inputs, reconstructions, latent scores (KL or
-    codebook distance per image) and the clean error reference. The heatmap is the normalised blurred error: where this image's error
-    exceeds what clean panels show at that pixel (connector edges always reconstruct worse)."""
-    residual = x - recon
+def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: ModelConfig) -> ScoredBatch:
+    """All candidate scores from one batch of inputs and the model's outputs. The heatmap is the
+    normalised blurred error: where this image's error exceeds what clean panels show at that
+    pixel (connector edges always reconstruct worse)."""
+    residual = x - out.recon
     error = residual.pow(2)  # (B, 1, S, S)
     flat = error.flatten(1)
     k = max(1, int(round(cfg.topk_frac * flat.shape[1])))
-    ref = error_ref + cfg.norm_eps * error_ref.mean(dim=(1, 2, 3), keepdim=True)
+    ref = out.error_ref + cfg.norm_eps * out.error_ref.mean(dim=(1, 2, 3), keepdim=True)
     heat = blur(error / ref, cfg.blur_sigma)
     scores = {
         "mse": flat.mean(dim=1),
@@ -81,11 +81,9 @@ def score_maps(x: torch.Tensor, recon: torch.Tensor, latent: torch.Tensor, error
         "dark_blur_max": blur(-residual, cfg.blur_sigma).flatten(1).amax(dim=1),
         "dark_area_max": blur(-residual, cfg.area_sigma).flatten(1).amax(dim=1),
     }
-    if model_cfg.model_type == "vqvae":
-        scores["codebook_dist"] = latent  # the farthest encoder vector from its nearest code
-    else:  # negative ELBO in nats (up to a constant), with the recon likelihood the model trained with
-        scores["elbo"] = recon_nll(x, recon, model_cfg.recon_loss, model_cfg.recon_sigma) + latent
-    return ScoredBatch({name: s.double().numpy() for name, s in scores.items()}, heat[:, 0], family.long().numpy())
+    kind = model_class(model_cfg.model_type)
+    scores[kind.latent_score_name] = kind.latent_score(x, out, model_cfg)
+    return ScoredBatch({name: s.double().numpy() for name, s in scores.items()}, heat[:, 0], out.family.long().numpy())
 
 
 @torch.inference_mode()
@@ -93,13 +91,10 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
                 keep_heatmaps: bool = True) -> ScoredBatch:
     """Score uint8 (N, 1, S, S) crops in batches on CPU; deterministic (the model's μ path)."""
     parts: list[ScoredBatch] = []
-    for start in range(0, len(crops), cfg.batch_size):
-        x = crops[start:start + cfg.batch_size].float() / 255.0
-        outputs = model(x)
-        recon, latent, error_ref = outputs[:3]
-        # versions registered before families return three outputs: one family
-        family = outputs[3] if len(outputs) > 3 else torch.zeros(len(x), dtype=torch.long)
-        part = score_maps(x, recon.float(), latent.float(), error_ref.float(), family, cfg, model_cfg)
+    for x in float_batches(crops, cfg.batch_size):
+        out = ModelOutput.of(model(x))
+        out = out._replace(recon=out.recon.float(), latent_score=out.latent_score.float(), error_ref=out.error_ref.float())
+        part = score_maps(x, out, cfg, model_cfg)
         if not keep_heatmaps:
             part.heatmaps = part.heatmaps[:0]
         parts.append(part)
@@ -111,17 +106,19 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
                        torch.cat([p.heatmaps for p in parts]), np.concatenate([p.family for p in parts]))
 
 
+def clean_medians(values: np.ndarray, family: np.ndarray, clean: np.ndarray, n_families: int) -> list[float]:
+    """Each family's median of values over its clean crops; 1.0 where a family has no clean crop
+    or a non-positive median."""
+    medians = [np.median(values[clean & (family == k)]) if (clean & (family == k)).any() else 1.0
+               for k in range(n_families)]
+    return [float(m) if m > 0 else 1.0 for m in medians]
+
+
 def fit_score_scale(scores: dict[str, np.ndarray], family: np.ndarray, clean: np.ndarray,
                     n_families: int) -> dict[str, list[float]]:
     """Per raw score, each family's median over clean (validation) crops: the unit that makes
-    families comparable (clean grainy poly cells score higher than clean mono ones). 1.0 where a
-    family has no clean crop or a non-positive median."""
-    scale: dict[str, list[float]] = {}
-    for name, values in scores.items():
-        medians = [np.median(values[clean & (family == k)]) if (clean & (family == k)).any() else 1.0
-                   for k in range(n_families)]
-        scale[name] = [float(m) if m > 0 else 1.0 for m in medians]
-    return scale
+    families comparable (clean grainy poly cells score higher than clean mono ones)."""
+    return {name: clean_medians(values, family, clean, n_families) for name, values in scores.items()}
 
 
 def scaled_scores(scores: dict[str, np.ndarray], family: np.ndarray,
@@ -151,10 +148,8 @@ def worst_crop(values: np.ndarray, image_keys: Sequence[str]) -> np.ndarray:
 def fit_error_reference(model: nn.Module, clean: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
     """Mean squared reconstruction error per pixel over clean uint8 crops; stored in the model."""
     total = torch.zeros_like(model.error_ref)
-    for start in range(0, len(clean), batch_size):
-        x = clean[start:start + batch_size].float() / 255.0
-        recon = model(x)[0]
-        total += (x - recon).pow(2).sum(dim=0, keepdim=True)
+    for x in float_batches(clean, batch_size):
+        total += (x - model(x).recon).pow(2).sum(dim=0, keepdim=True)
     model.error_ref.copy_(total / max(1, len(clean)))
     return model.error_ref
 

@@ -17,12 +17,13 @@ import pandas as pd
 from PIL import Image, ImageDraw, ImageFilter
 
 from pipeline.files import atomic_write_csv
+from pipeline.labels import CRACK, LOOSE_CONNECTOR, OK
 
 FRAME = 256
 PANEL_W, PANEL_H = 168, 128
 CONNECTOR = (54, 86, 114, 112)  # x0, y0, x1, y1 inside the panel
 N_PINS = 6
-LABELS = ("ok", "crack", "loose_connector")
+LABELS = (OK, CRACK, LOOSE_CONNECTOR)
 
 
 @dataclass(frozen=True)
@@ -106,13 +107,13 @@ def _panel(rng: np.random.Generator, label: str) -> tuple[np.ndarray, tuple[floa
         dx, dy = 4 * math.cos(a), 4 * math.sin(a)
         draw.line((cx - dx, cy - dy, cx + dx, cy + dy), fill=int(level * 0.35), width=1)
     defect_box = None
-    if label == "loose_connector" and rng.random() < 0.5:
+    if label == LOOSE_CONNECTOR and rng.random() < 0.5:
         missing = {int(rng.integers(0, N_PINS))}
         _draw_connector(draw, CONNECTOR, level, missing)
         pitch = (CONNECTOR[2] - CONNECTOR[0]) / N_PINS
         px = CONNECTOR[0] + pitch * (min(missing) + 0.5)
         defect_box = (px - 4, CONNECTOR[1] + 5, px + 4, CONNECTOR[3] - 5)
-    elif label == "loose_connector":
+    elif label == LOOSE_CONNECTOR:
         # Shifted and tilted block; the socket it left behind shows as a dark gap.
         draw.rectangle(CONNECTOR, fill=int(level * 0.08))
         block = Image.new("L", (PANEL_W, PANEL_H), 0)
@@ -128,7 +129,7 @@ def _panel(rng: np.random.Generator, label: str) -> tuple[np.ndarray, tuple[floa
     else:
         _draw_connector(draw, CONNECTOR, level, set())
     panel = np.asarray(layer, dtype=np.float64) / 255.0
-    if label == "crack":
+    if label == CRACK:
         mask = Image.new("L", (PANEL_W, PANEL_H), 0)
         defect_box = _crack(ImageDraw.Draw(mask), rng)
         crack = np.asarray(mask.filter(ImageFilter.GaussianBlur(0.4)), dtype=np.float64) / 255.0
@@ -194,8 +195,8 @@ def _rotate_box(box, angle, size, rotated_size, ox, oy) -> tuple[int, int, int, 
 def label_plan(n: int, rng: np.random.Generator, defect_frac: float = 0.3) -> list[str]:
     """Exactly balanced defects: defect_frac of frames split evenly between crack and loose_connector."""
     n_defect = int(round(n * defect_frac))
-    labels = ["crack"] * (n_defect // 2) + ["loose_connector"] * (n_defect - n_defect // 2)
-    labels += ["ok"] * (n - len(labels))
+    labels = [CRACK] * (n_defect // 2) + [LOOSE_CONNECTOR] * (n_defect - n_defect // 2)
+    labels += [OK] * (n - len(labels))
     return list(rng.permutation(labels))
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,13 @@ from torch import nn
 
 from pipeline.calibrate import Calibration
 from pipeline.config import PanelConfig, TrackingConfig
+from pipeline.drift import DriftCheck
 from pipeline.families import FamilyClassifier
-from pipeline.models import LatentReport
+from pipeline.models import AsTuple, LatentReport, ModelOutput, conv_channels
 from pipeline.plots import latent_figure
+from pipeline.promotion import CHALLENGER, CHAMPION
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+__all__ = ["CHALLENGER", "CHAMPION"]  # the aliases, re-exported for callers of set_alias / resolve_version
 CONFIG_ARTIFACT, CALIBRATION_ARTIFACT, FAMILIES_ARTIFACT = "config.json", "calibration.json", "families.json"
 
 
@@ -59,9 +62,40 @@ def experiment_id(name: str, cfg: TrackingConfig) -> str:
 
 def train_params(cfg: PanelConfig, data_hash: str, n_train: int, n_val: int) -> dict[str, Any]:
     """Every model and training setting (β, schedule, free bits, codebook, ...) plus the data identity."""
-    model = {**cfg.to_dict()["model"], "channels": ",".join(map(str, cfg.model.conv_channels))}
+    model = {**cfg.to_dict()["model"], "channels": ",".join(map(str, conv_channels(cfg.model)))}
     return {**model, **cfg.to_dict()["train"], "image_size": cfg.ingest.image_size, "crop": cfg.ingest.crop,
             "dataset_hash": data_hash, "n_train": n_train, "n_val": n_val}
+
+
+@contextmanager
+def train_run(cfg: PanelConfig, data_hash: str, n_train: int, n_val: int, run_id: str | None = None) -> Iterator[str]:
+    """The training run, with every setting as params and the model_type tag; run_id continues a
+    resumed run. Yields the run id; everything logged inside lands in this run."""
+    configure(cfg.tracking)
+    experiment = experiment_id(cfg.tracking.train_experiment, cfg.tracking)
+    with mlflow.start_run(experiment_id=experiment, run_id=run_id) as run:
+        mlflow.log_params(train_params(cfg, data_hash, n_train, n_val))
+        mlflow.set_tag("model_type", cfg.model.model_type)
+        yield run.info.run_id
+
+
+def log_training(best_epoch: int, seconds: float, device: str, stopped_early: bool, resumed_from: int) -> None:
+    """How the training went, in the active training run."""
+    mlflow.log_metrics({"best_epoch": best_epoch, "train_seconds": seconds})
+    mlflow.set_tags({"device": device, "stopped_early": str(stopped_early).lower(), "resumed_from_epoch": str(resumed_from)})
+
+
+def log_score_run(cfg: TrackingConfig, report_date: str, model_version: str, counts: dict[str, float],
+                  drift: DriftCheck, report_files: list[Path]) -> None:
+    """One panel-score run per scoring run: the version, the counts, the drift check, the report."""
+    experiment = experiment_id(cfg.score_experiment, cfg)
+    with mlflow.start_run(experiment_id=experiment, run_name=f"score-{report_date}"):
+        mlflow.log_params({"model_name": cfg.model_name, "model_version": model_version, "report_date": report_date})
+        mlflow.log_metrics(counts)
+        mlflow.log_metrics({f"drift_{k}": v for k, v in (("psi", drift.psi), ("ks", drift.ks)) if np.isfinite(v)})
+        mlflow.set_tags({"drift": str(drift.drifted).lower(), "drift_message": drift.message[:5000]})
+        for path in report_files:
+            mlflow.log_artifact(str(path), "report")
 
 
 def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
@@ -106,24 +140,27 @@ def load_families(model_name: str, version: str) -> list[str]:
         return []
 
 
-def _signature(image_size: int) -> ModelSignature:
-    f32 = np.dtype(np.float32)
-    return ModelSignature(inputs=Schema([TensorSpec(f32, (-1, 1, image_size, image_size))]),
-                          outputs=Schema([TensorSpec(f32, (-1, 1, image_size, image_size), "recon"),
-                                          TensorSpec(f32, (-1,), "latent_score"),
-                                          TensorSpec(f32, (-1, 1, image_size, image_size), "error_ref"),
-                                          TensorSpec(np.dtype(np.int64), (-1,), "family")]))
+def _signature(model: nn.Module, example: torch.Tensor) -> ModelSignature:
+    """Input and named outputs (ModelOutput's fields) with their dtypes; -1 for the batch."""
+    def spec(t: torch.Tensor, name: str | None = None) -> TensorSpec:
+        return TensorSpec(t.detach().numpy().dtype, (-1, *t.shape[1:]), name)
+
+    with torch.inference_mode():
+        outputs = ModelOutput.of(model(example))
+    return ModelSignature(inputs=Schema([spec(example)]),
+                          outputs=Schema([spec(t, name) for name, t in zip(ModelOutput._fields, outputs)]))
 
 
 def log_model(model: nn.Module, example: torch.Tensor, cfg: PanelConfig) -> str:
-    """Log the model (pickle-free pt2 export + signature) and the config it was trained with;
-    register it as a new version of the registered model. Returns the version."""
+    """Log the model (pickle-free pt2 export of its outputs as a plain tuple, + signature) and the
+    config it was trained with; register it as a new version. Returns the version."""
     mlflow.log_dict(cfg.to_dict(), CONFIG_ARTIFACT)
-    info = mlflow.pytorch.log_model(model.eval(), name="model", signature=_signature(example.shape[-1]),
+    model = model.eval()
+    info = mlflow.pytorch.log_model(AsTuple(model), name="model", signature=_signature(model, example),
                                     input_example=example.numpy().astype(np.float32), serialization_format="pt2",
                                     registered_model_name=cfg.tracking.model_name,
                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],
-                                    # the serving check assumes one output tensor; ours returns three
+                                    # the serving check assumes one output tensor; ours returns four
                                     validate_serving_input=False)
     version = str(info.registered_model_version)
     MlflowClient().set_model_version_tag(cfg.tracking.model_name, version, "model_type", cfg.model.model_type)

@@ -8,22 +8,22 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import os
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
-from torchvision.io import decode_png, read_file
 from tqdm.auto import tqdm
 
 from pipeline.config import ModelConfig, PanelConfig, TrainConfig
+from pipeline.files import atomic_write
+from pipeline.images import float_batches, to_float
 from pipeline.models import LatentReport, build_model
 from pipeline.models.blocks import squared_error
 from pipeline.scoring import fit_error_reference
@@ -38,24 +38,6 @@ def pick_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda requested but no CUDA device is available")
     return torch.device(requested)
-
-
-def load_crops(rows: pd.DataFrame, crops_dir: Path) -> torch.Tensor:
-    """Stack the manifest rows' crop PNGs into a uint8 (N, 1, S, S) tensor."""
-    images = []
-    for name in rows["crop_path"]:
-        path = Path(crops_dir) / name
-        try:
-            images.append(decode_png(read_file(str(path))))
-        except RuntimeError as exc:
-            raise RuntimeError(f"{path}: cannot read crop ({exc}); re-run ingest") from exc
-    return torch.stack(images)
-
-
-def dataset_hash(rows: pd.DataFrame, column: str = "crop_id") -> str:
-    """Identity of a set of manifest rows: sha256 over the sorted column (crop ids by default;
-    source_sha256 identifies the source images whatever the preprocessing)."""
-    return hashlib.sha256("\n".join(sorted(rows[column])).encode()).hexdigest()[:16]
 
 
 def beta_at(epoch: int, cfg: ModelConfig) -> float:
@@ -133,7 +115,7 @@ def _epoch_pass(model: nn.Module, loader: DataLoader, n_images: int, cfg: PanelC
         x = batch.to(device, non_blocking=True)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        x = x.float() / 255.0
+        x = to_float(x)
         if training:
             x = augment(x, cfg.train, generator)
         with torch.set_grad_enabled(training), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
@@ -168,8 +150,8 @@ def recalibrate_batchnorm(model: nn.Module, clean: torch.Tensor, batch_size: int
         norm.reset_running_stats()
         norm.momentum = None  # cumulative average over the batches below
         norm.train()
-    for start in range(0, len(clean), batch_size):
-        model(clean[start:start + batch_size].to(device).float() / 255.0)
+    for x in float_batches(clean, batch_size, device):
+        model(x)
     for norm, momentum in zip(norms, momenta):
         norm.momentum = momentum
     model.eval()
@@ -191,14 +173,6 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which and why
         raise ValueError(f"{path}: unreadable checkpoint ({exc}); delete it or run without --resume") from exc
-
-
-def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """Atomic: a crash while saving leaves the previous epoch's checkpoint intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
 
 
 def _stream_states(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, order_rng: torch.Generator,
@@ -282,10 +256,11 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
         else:
             stale += 1
         if checkpoint:
-            _save_checkpoint(checkpoint.path, {
+            # atomic: a crash while saving leaves the previous epoch's checkpoint intact
+            atomic_write(checkpoint.path, partial(torch.save, {
                 "identity": identity, "meta": checkpoint.meta, "epoch": epoch, "best": best, "best_state": best_state,
                 "best_epoch": result.best_epoch, "stale": stale, "history": result.history,
-                **_stream_states(model, optimizer, scheduler, order_rng, generator, device)})
+                **_stream_states(model, optimizer, scheduler, order_rng, generator, device)}))
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         bar.set_postfix({k.replace("train/", ""): f"{metrics[k]:.4g}"

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from pipeline.calibrate import calibrate_scores, choose_threshold, evaluate, gate, roc_auc_ci
+from pipeline.calibrate import calibrate_scores, choose_threshold, evaluate, roc_auc_ci
+from pipeline.promotion import gate
 
 
 @pytest.fixture()

@@ -8,7 +8,8 @@ import pytest
 
 from pipeline.config import IngestConfig
 from pipeline.datasets.elpv import write_elpv
-from pipeline.ingest import ingest, load_split
+from pipeline.ingest import ingest
+from pipeline.workspace import load_split
 from tests.test_ingest import _png_of
 
 

@@ -10,7 +10,8 @@ import torch
 from pipeline.config import IngestConfig
 from pipeline.crop import CropError, box_iou, locate_panel, panel_box
 from pipeline.images import decode_file
-from pipeline.ingest import WorkDirs, ingest, load_split
+from pipeline.ingest import ingest
+from pipeline.workspace import WorkDirs, load_split
 from pipeline.labels import LabelsError, load_labels
 from pipeline.synth import HARD_SCENE, LABELS, render_frame
 from tests.conftest import tree_digest

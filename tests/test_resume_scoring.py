@@ -22,7 +22,7 @@ SLOW_SCORER = """
 import json, sys, time
 from datetime import date
 from pathlib import Path
-import pipeline.stages as stages
+import pipeline.stages.score as stages
 from pipeline.config import PanelConfig
 
 real = stages.score_crops

@@ -4,13 +4,14 @@ import numpy as np
 import torch
 
 from pipeline.config import ModelConfig, ScoreConfig
+from pipeline.models import ModelOutput
 from pipeline.scoring import score_maps
 
 
 def _scores(x: torch.Tensor, recon: torch.Tensor) -> dict[str, float]:
     n = x.shape[0]
-    batch = score_maps(x, recon, torch.zeros(n), torch.full((n, 1, 64, 64), 1e-3), torch.zeros(n, dtype=torch.long),
-                       ScoreConfig(), ModelConfig())
+    out = ModelOutput(recon, torch.zeros(n), torch.full((n, 1, 64, 64), 1e-3), torch.zeros(n, dtype=torch.long))
+    batch = score_maps(x, out, ScoreConfig(), ModelConfig())
     return {name: values.tolist() for name, values in batch.scores.items()}
 
 

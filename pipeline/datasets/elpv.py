@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipeline.files import atomic_write_csv
-from pipeline.labels import UNCERTAIN
+from pipeline.labels import OK, UNCERTAIN
 
 
 def package_root() -> Path:
@@ -40,7 +40,7 @@ def read_elpv_labels(source: Path) -> pd.DataFrame:
 
 def label_for(probability: float) -> str:
     if probability == 0:
-        return "ok"
+        return OK
     return "crack" if probability >= 2 / 3 - 1e-6 else UNCERTAIN
 
 

@@ -1,8 +1,8 @@
-"""Model families behind one small interface.
+"""Model types behind one small interface.
 
-Every model maps a float (B, 1, S, S) batch in [0, 1] to (reconstruction, latent score per image,
-clean error reference) in eval mode (what is exported to MLflow), and offers training_step,
-latent_metrics and latent_report to the shared training loop.
+Every model maps a float (B, 1, S, S) batch in [0, 1] to a ModelOutput in eval mode (what is
+exported to MLflow), offers training_step, latent_metrics and latent_report to the shared training
+loop, and knows its own latent score (latent_score_name, latent_score) and default conv widths.
 """
 
 from __future__ import annotations
@@ -12,21 +12,31 @@ from torch import nn
 from pipeline.config import ModelConfig
 from pipeline.models.blocks import LatentReport, StepOutput, recon_nll
 from pipeline.models.convvae import ConvVAE, free_bits_kl, kl_per_dim
+from pipeline.models.output import AsTuple, ModelOutput
 from pipeline.models.vqvae import VQVAE, VectorQuantizer, codebook_usage, perplexity
 
-__all__ = ["ConvVAE", "LatentReport", "StepOutput", "VQVAE", "VectorQuantizer", "build_model", "codebook_usage",
-           "free_bits_kl", "kl_per_dim", "latent_score_name", "perplexity", "recon_nll"]
+__all__ = ["AsTuple", "ConvVAE", "LatentReport", "ModelOutput", "StepOutput", "VQVAE", "VectorQuantizer",
+           "build_model", "codebook_usage", "conv_channels", "free_bits_kl", "kl_per_dim", "latent_score_name",
+           "model_class", "perplexity", "recon_nll"]
 
-FAMILIES: dict[str, type[nn.Module]] = {"convvae": ConvVAE, "vqvae": VQVAE}
+MODEL_TYPES: dict[str, type[ConvVAE] | type[VQVAE]] = {"convvae": ConvVAE, "vqvae": VQVAE}
+
+
+def model_class(model_type: str) -> type[ConvVAE] | type[VQVAE]:
+    if model_type not in MODEL_TYPES:
+        raise ValueError(f"unknown model_type {model_type!r} (one of {', '.join(MODEL_TYPES)})")
+    return MODEL_TYPES[model_type]
 
 
 def build_model(cfg: ModelConfig, image_size: int) -> nn.Module:
-    if cfg.model_type not in FAMILIES:
-        raise ValueError(f"unknown model_type {cfg.model_type!r} (one of {', '.join(FAMILIES)})")
-    return FAMILIES[cfg.model_type](cfg, image_size)
+    return model_class(cfg.model_type)(cfg, image_size)
 
 
 def latent_score_name(model_type: str) -> str:
-    """Name of the score built from the model's latent output: the negative ELBO for the VAE,
-    the distance to the codebook for the VQ-VAE."""
-    return "codebook_dist" if model_type == "vqvae" else "elbo"
+    """Name of the score built from the model's latent output (elbo, codebook_dist)."""
+    return model_class(model_type).latent_score_name
+
+
+def conv_channels(cfg: ModelConfig) -> tuple[int, ...]:
+    """The conv widths a model of this config has: the config's, or its type's default."""
+    return cfg.channels or model_class(cfg.model_type).default_channels

@@ -38,11 +38,6 @@ def error_reference(in_channels: int, image_size: int) -> torch.Tensor:
     return torch.ones(1, in_channels, image_size, image_size)
 
 
-def single_family(x: torch.Tensor) -> torch.Tensor:
-    """The family index output of a model trained on one family: 0 for every image."""
-    return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-
-
 def recon_nll(x: torch.Tensor, recon: torch.Tensor, kind: str, sigma: float) -> torch.Tensor:
     """Reconstruction negative log-likelihood per image, in nats (up to a constant).
 

@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.models.blocks import (LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll,
-                                    single_family, up_stack)
+from pipeline.images import float_batches
+from pipeline.models.blocks import LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll, up_stack
+from pipeline.models.output import ModelOutput, single_family
 
 ACTIVE_UNIT_KL = 0.1  # nats (~0.14 bits): a latent dimension carrying less KL than this is inactive
 COLLAPSE_WARNING = ("posterior collapse: every latent dimension's KL is below the active-unit floor; "
@@ -32,14 +33,17 @@ class ConvVAE(nn.Module):
     """β-VAE for square grayscale crops whose side is divisible by 2**len(channels)."""
 
     uses_beta = True
+    default_channels = (32, 64, 128, 128)  # an 8x8 grid at 128 px before the dense latent
+    latent_score_name = "elbo"
 
     def __init__(self, cfg: ModelConfig, image_size: int, in_channels: int = 1) -> None:
         super().__init__()
         self.cfg = cfg
-        self.grid = check_size(image_size, len(cfg.conv_channels))
-        widths = (in_channels, *cfg.conv_channels)
+        channels = cfg.channels or self.default_channels
+        self.grid = check_size(image_size, len(channels))
+        widths = (in_channels, *channels)
         self.encoder = nn.Sequential(*down_stack(widths), nn.Flatten())
-        flat = cfg.conv_channels[-1] * self.grid**2
+        flat = channels[-1] * self.grid**2
         self.to_stats = nn.Linear(flat, 2 * cfg.latent_dim)
         self.from_latent = nn.Linear(cfg.latent_dim, flat)
         self.decoder = nn.Sequential(*up_stack(widths))
@@ -71,8 +75,8 @@ class ConvVAE(nn.Module):
     def latent_report(self, clean: torch.Tensor, batch_size: int = 64) -> LatentReport:
         """Mean KL per latent dimension over clean uint8 crops (model in eval mode)."""
         total = torch.zeros(self.cfg.latent_dim)
-        for start in range(0, len(clean), batch_size):
-            mu, logvar = self.encode(clean[start:start + batch_size].float() / 255.0)
+        for x in float_batches(clean, batch_size):
+            mu, logvar = self.encode(x)
             total += kl_per_dim(mu, logvar).sum(dim=0)
         kl = (total / max(1, len(clean))).tolist()
         table = pd.DataFrame({"dim": range(len(kl)), "kl": kl})
@@ -81,9 +85,14 @@ class ConvVAE(nn.Module):
         return LatentReport("kl_per_dim", table, collapsed, COLLAPSE_WARNING if collapsed else "",
                             {"active_units": float(table["active"].sum())})
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def latent_score(x: torch.Tensor, out: ModelOutput, cfg: ModelConfig) -> torch.Tensor:
+        """Negative ELBO per image in nats (up to a constant), with the recon likelihood it trained with."""
+        return recon_nll(x, out.recon, cfg.recon_loss, cfg.recon_sigma) + out.latent_score
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
         """Inference pass (what the logged model exports): reconstruction from μ, KL per image,
         the clean per-pixel error reference (broadcast to the batch) and the family index (0)."""
         mu, logvar = self.encode(x)
-        return (self.decode(mu), kl_per_dim(mu, logvar).sum(dim=1), self.error_ref.expand(x.shape[0], -1, -1, -1),
-                single_family(x))
+        return ModelOutput(self.decode(mu), kl_per_dim(mu, logvar).sum(dim=1),
+                           self.error_ref.expand(x.shape[0], -1, -1, -1), single_family(x))

@@ -12,8 +12,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import ModelConfig
-from pipeline.models.blocks import (LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll,
-                                    single_family, up_stack)
+from pipeline.images import float_batches
+from pipeline.models.blocks import LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll, up_stack
+from pipeline.models.output import ModelOutput, single_family
 
 USAGE_DECAY = 0.9  # EMA over batches of each code's share of assignments; ~10 batches of memory
 CODEBOOK_COLLAPSE_WARNING = ("codebook collapse: clean crops use fewer than 2 codes (perplexity < 2); "
@@ -121,16 +122,20 @@ class VQVAE(nn.Module):
     latent_dim is the code vector size, codebook_size the number of codes."""
 
     uses_beta = False
+    # A 16x16 grid at 128 px: at 8x8 clean reconstructions were too coarse.
+    default_channels = (32, 64, 128)
+    latent_score_name = "codebook_dist"
 
     def __init__(self, cfg: ModelConfig, image_size: int, in_channels: int = 1) -> None:
         super().__init__()
         self.cfg = cfg
-        check_size(image_size, len(cfg.conv_channels))
-        widths = (in_channels, *cfg.conv_channels)
-        self.encoder = nn.Sequential(*down_stack(widths), nn.Conv2d(cfg.conv_channels[-1], cfg.latent_dim, 1))
+        channels = cfg.channels or self.default_channels
+        check_size(image_size, len(channels))
+        widths = (in_channels, *channels)
+        self.encoder = nn.Sequential(*down_stack(widths), nn.Conv2d(channels[-1], cfg.latent_dim, 1))
         self.quantizer = VectorQuantizer(cfg.codebook_size, cfg.latent_dim, cfg.codebook_update, cfg.ema_decay,
                                          cfg.dead_code_threshold)
-        self.decoder = nn.Sequential(nn.Conv2d(cfg.latent_dim, cfg.conv_channels[-1], 1), *up_stack(widths))
+        self.decoder = nn.Sequential(nn.Conv2d(cfg.latent_dim, channels[-1], 1), *up_stack(widths))
         self.register_buffer("error_ref", error_reference(in_channels, image_size))
 
     def training_step(self, x: torch.Tensor, beta: float = 0.0) -> StepOutput:
@@ -152,8 +157,8 @@ class VQVAE(nn.Module):
     def latent_report(self, clean: torch.Tensor, batch_size: int = 64) -> LatentReport:
         """How often each code is used on clean uint8 crops (model in eval mode)."""
         counts = torch.zeros(self.cfg.codebook_size)
-        for start in range(0, len(clean), batch_size):
-            counts += self.quantizer(self.encoder(clean[start:start + batch_size].float() / 255.0)).counts
+        for x in float_batches(clean, batch_size):
+            counts += self.quantizer(self.encoder(x)).counts
         table = pd.DataFrame({"code": range(len(counts)), "count": counts.long().tolist()})
         table["share"] = table["count"] / max(1, int(table["count"].sum()))
         ppl = perplexity(counts)
@@ -161,10 +166,15 @@ class VQVAE(nn.Module):
         return LatentReport("codebook_usage", table, collapsed, CODEBOOK_COLLAPSE_WARNING if collapsed else "",
                             {"perplexity": ppl, "codebook_usage": codebook_usage(counts)})
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def latent_score(x: torch.Tensor, out: ModelOutput, cfg: ModelConfig) -> torch.Tensor:
+        """The farthest encoder vector from its nearest code: how far off the clean codebook it sits."""
+        return out.latent_score
+
+    def forward(self, x: torch.Tensor) -> ModelOutput:
         """Inference pass (what the logged model exports): reconstruction, the largest distance
-        from an encoder vector to its code per image (how far off the clean codebook it sits),
-        the clean per-pixel error reference and the family index (0)."""
+        from an encoder vector to its code per image, the clean per-pixel error reference and the
+        family index (0)."""
         q = self.quantizer(self.encoder(x))
-        return (self.decoder(q.quantized), q.distance.flatten(1).amax(dim=1),
-                self.error_ref.expand(x.shape[0], -1, -1, -1), single_family(x))
+        return ModelOutput(self.decoder(q.quantized), q.distance.flatten(1).amax(dim=1),
+                           self.error_ref.expand(x.shape[0], -1, -1, -1), single_family(x))

@@ -1,0 +1,46 @@
+"""What every model returns in eval mode: the one output spec for scoring, calibration and export."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+class ModelOutput(NamedTuple):
+    """A ConvVAE, a VQ-VAE or the family router on a float (B, 1, S, S) batch in [0, 1]."""
+
+    recon: torch.Tensor  # (B, 1, S, S) reconstruction in [0, 1], from the deterministic path (μ / codes)
+    latent_score: torch.Tensor  # (B,) KL per image (VAE) or farthest encoder vector from its code (VQ)
+    error_ref: torch.Tensor  # (B, 1, S, S) mean squared error of clean crops per pixel
+    family: torch.Tensor  # (B,) int64 index of the family model that scored the image; 0 without families
+
+    @classmethod
+    def of(cls, outputs: Sequence[torch.Tensor]) -> "ModelOutput":
+        """Any model's outputs, named: ours, the registry copy's plain tuple, or a version registered
+        before families (three outputs: every image is family 0)."""
+        if isinstance(outputs, cls):
+            return outputs
+        if len(outputs) == 3:
+            recon = outputs[0]
+            return cls(*outputs, torch.zeros(recon.shape[0], dtype=torch.long, device=recon.device))
+        return cls(*outputs)
+
+
+class AsTuple(nn.Module):
+    """The exported form of a model: the same outputs as a plain tuple in ModelOutput's field order
+    (torch.export serialises a NamedTuple output only through a private registry)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.model(x))
+
+
+def single_family(x: torch.Tensor) -> torch.Tensor:
+    """The family output of a model trained on one family: 0 for every image."""
+    return torch.zeros(x.shape[0], dtype=torch.long, device=x.device)

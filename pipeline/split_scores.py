@@ -1,0 +1,63 @@
+"""The labelled splits scored the one way calibration and the benchmark both judge a model: every
+candidate score per crop, scaled by its family's clean validation median, then per source image
+(the max over its crops). The score itself is chosen on validation (calibrate.select_score)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from pipeline.config import PanelConfig
+from pipeline.scoring import ScoredBatch, fit_score_scale, per_image_max, scaled_scores, score_crops, worst_crop
+from pipeline.workspace import image_labels, is_clean
+
+
+@dataclass(frozen=True)
+class SplitScores:
+    """A split scored per source image, with the per-crop detail the figures and hints need."""
+
+    scores: dict[str, np.ndarray]  # score name -> per image (max over its crops), scaled per family
+    labels: np.ndarray  # per image
+    crops: ScoredBatch  # per crop, scaled; heatmaps when they were kept
+    image_keys: pd.Series  # per crop: its source image
+
+    def worst(self, score_name: str) -> np.ndarray:
+        """Position (among the crops) of each image's highest-scoring crop under score_name."""
+        return worst_crop(self.crops.scores[score_name], self.image_keys)
+
+    def heatmaps(self, score_name: str) -> torch.Tensor:
+        """Each image's anomaly map from its highest-scoring crop under score_name."""
+        return self.crops.heatmaps[torch.as_tensor(self.worst(score_name).copy())]
+
+
+def per_image(scored: ScoredBatch, rows: pd.DataFrame, scale: dict[str, list[float]]) -> SplitScores:
+    """Crop scores scaled per family (the candidates), then per image (max over its crops)."""
+    crops = replace(scored, scores=scaled_scores(scored.scores, scored.family, scale))
+    _, scores = per_image_max(crops.scores, rows["source_sha256"])
+    return SplitScores(scores, image_labels(rows).to_numpy(), crops, rows["source_sha256"])
+
+
+def score_split(model: nn.Module, rows: pd.DataFrame, x: torch.Tensor, cfg: PanelConfig,
+                scale: dict[str, list[float]], keep_heatmaps: bool = False) -> SplitScores:
+    """One split's crops (uint8, in rows' order) scored by the model, per image, with a given scale."""
+    return per_image(score_crops(model, x, cfg.score, cfg.model, keep_heatmaps=keep_heatmaps), rows, scale)
+
+
+@dataclass(frozen=True)
+class ValTest:
+    val: SplitScores
+    test: SplitScores
+    scale: dict[str, list[float]]  # raw score -> each family's clean val median
+
+
+def score_val_test(model: nn.Module, val_rows: pd.DataFrame, val_x: torch.Tensor, test_rows: pd.DataFrame,
+                   test_x: torch.Tensor, cfg: PanelConfig, n_families: int, keep_heatmaps: bool = False) -> ValTest:
+    """Score val and test crops with the model; the per-family scale is fitted on val's clean crops."""
+    val = score_crops(model, val_x, cfg.score, cfg.model, keep_heatmaps=keep_heatmaps)
+    scale = fit_score_scale(val.scores, val.family, is_clean(val_rows).to_numpy(), max(1, n_families))
+    test = score_split(model, test_rows, test_x, cfg, scale, keep_heatmaps)
+    return ValTest(per_image(val, val_rows, scale), test, scale)

@@ -1,0 +1,13 @@
+"""The pipeline's stages as plain functions, one file each: ingest (pipeline/ingest.py) -> train
+-> calibrate (+ promote) -> score. Each loads from the workdir and the registry, calls the library
+and logs through pipeline/tracking.py; flows/ wraps them in Prefect tasks, and the benchmark and
+GPU boxes call them directly."""
+
+from pipeline.stages.calibrate import CalibrateOutcome, calibrate_stage
+from pipeline.stages.score import (ScoreOutcome, ScoringPlan, ShardResult, finish_scoring, plan_scoring, score_shard,
+                                   score_stage)
+from pipeline.stages.train import TrainOutcome, checkpoint_path, latest_trained_version, train_stage
+
+__all__ = ["CalibrateOutcome", "ScoreOutcome", "ScoringPlan", "ShardResult", "TrainOutcome", "calibrate_stage",
+           "checkpoint_path", "finish_scoring", "latest_trained_version", "plan_scoring", "score_shard", "score_stage",
+           "train_stage"]
