@@ -1,15 +1,18 @@
 """The benchmark: panelscan's models next to the baselines an inspection team would otherwise
 use, on the identical split and preprocessing, plus speed, in one run (`panelscan bench`).
 
-Quality per data set: every method is fitted on the same clean training crops, scores the same
-val/test crops, and is judged per source image (max over its crops) on the same test images:
-test ROC-AUC / PR-AUC overall, per defect class and per group (e.g. ELPV cell type). Models
-choose their score function on validation, as calibration does. Baselines: PCA reconstruction
-error, mean distance to the 5 nearest clean crops on 32x32 pixels, isolation forest on PCA
-features (scikit-learn); when the labels name panel families (pipeline/families.py), panelscan
-trains one model per family and the baselines are also run per family (`<name>_per_family`,
-fitted and scaled per family as panelscan is), so the metadata helps every method. Speed: I/O floor (read, decode, crop, resize) vs end-to-end scoring
-(the same + model + scores) on the same files, training seconds per epoch, peak memory.
+One protocol and one configuration for every data set: the synthetic panels, ELPV when installed,
+every shared real set (a folder with labels.csv under --datasets, masks under masks/<set>/) and
+any --raw/--labels folder. Every method is fitted on the same clean training crops, scores the
+same val/test crops, and is judged per source image (max over its crops) on the same test images:
+test ROC-AUC (95 % stratified-bootstrap CI) / PR-AUC overall, per defect class and per group (e.g.
+ELPV cell type); pixel ROC-AUC of panelscan's anomaly maps where masks exist
+(pipeline/localisation.py). Models choose their score function on validation, as calibration
+does (pipeline/split_scores.py). Baselines: pipeline/baselines.py; when the labels name panel
+families, panelscan trains one model per family and the baselines also run per family. The
+summary is the mean test ROC-AUC over the real sets (every set but the synthetic one). Speed:
+I/O floor (read, decode, crop, resize) vs end-to-end scoring (the same + model + scores) on the
+same files, training seconds per epoch, peak memory.
 """
 
 from __future__ import annotations
@@ -25,24 +28,21 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.decomposition import PCA
-from sklearn.ensemble import IsolationForest
-from sklearn.neighbors import NearestNeighbors
-from torch.nn import functional as F
 
-from pipeline.calibrate import evaluate, select_score
+from pipeline.baselines import BASELINES, baseline_scores, per_family_baseline_scores
+from pipeline.calibrate import evaluate, roc_auc_ci, select_score
 from pipeline.config import PanelConfig
 from pipeline.families import routing_accuracy, train_models, training_families
-from pipeline.images import to_float
 from pipeline.ingest import ingest, prepare_many
+from pipeline.localisation import pixel_roc_auc, read_masks
 from pipeline.models import MODEL_TYPES
-from pipeline.scoring import clean_medians, per_image_max, score_crops
+from pipeline.scoring import per_image_max, score_crops
 from pipeline.split_scores import score_val_test
 from pipeline.train import train_model
 from pipeline.workspace import WorkDirs, dataset_hash, is_clean, load_crops, load_split
 
-SCHEMA_VERSION = 1
-BASELINES = ("pca_recon", "knn5_pixels", "iforest_pca")
+SCHEMA_VERSION = 2  # 2: CIs, pixel ROC-AUC, summary over the real sets
+SYNTHETIC = "synthetic"  # the one set that is not real: left out of the summary
 
 
 @dataclass(frozen=True)
@@ -51,6 +51,7 @@ class BenchDataset:
     raw: Path
     labels: Path
     groups: dict[str, str] = field(default_factory=dict)  # source path -> group (e.g. mono/poly)
+    masks: dict[str, Path] = field(default_factory=dict)  # source path -> defect mask (white = defect)
 
 
 @dataclass(frozen=True)
@@ -63,53 +64,14 @@ class Split:
     test_x: torch.Tensor
 
 
-def _flat(x: torch.Tensor, side: int | None = None) -> np.ndarray:
-    x = to_float(x)
-    if side and x.shape[-1] != side:
-        x = F.interpolate(x, size=(side, side), mode="area")
-    return x.flatten(1).numpy()
-
-
-def baseline_scores(train: torch.Tensor, crops: dict[str, torch.Tensor], seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
-    """baseline -> split -> crop scores; each fitted on the clean training crops only."""
-    flat_train = _flat(train)
-    pca = PCA(n_components=min(32, len(flat_train) - 1), random_state=seed).fit(flat_train)
-    knn = NearestNeighbors(n_neighbors=min(5, len(train))).fit(_flat(train, 32))
-    forest = IsolationForest(n_estimators=200, random_state=seed).fit(pca.transform(flat_train))
-    out: dict[str, dict[str, np.ndarray]] = {name: {} for name in BASELINES}
-    for split, x in crops.items():
-        flat = _flat(x)
-        projected = pca.transform(flat)
-        out["pca_recon"][split] = ((flat - pca.inverse_transform(projected)) ** 2).mean(axis=1)
-        out["knn5_pixels"][split] = knn.kneighbors(_flat(x, 32))[0].mean(axis=1)
-        out["iforest_pca"][split] = -forest.score_samples(projected)
-    return out
-
-
-def per_family_baseline_scores(split: Split, names: tuple[str, ...], seed: int = 0) -> dict[str, np.ndarray]:
-    """baseline -> test crop scores with the treatment panelscan's families get: each baseline
-    fitted on one family's clean training crops, scores divided by that family's clean val
-    median. Test crops go by their metadata family (panelscan routes by its classifier)."""
-    val_families, test_families = split.val["family"].to_numpy(str), split.test["family"].to_numpy(str)
-    clean_val = is_clean(split.val).to_numpy()
-    out = {name: np.full(len(split.test), np.nan) for name in BASELINES}
-    for family in names:
-        in_val, in_test = val_families == family, test_families == family
-        scores = baseline_scores(split.train[torch.from_numpy(split.train_families == family)],
-                                 {"val": split.val_x[torch.from_numpy(in_val)],
-                                  "test": split.test_x[torch.from_numpy(in_test)]}, seed)
-        for name in BASELINES:
-            unit = clean_medians(scores[name]["val"], np.zeros(in_val.sum(), dtype=int), clean_val[in_val], 1)[0]
-            out[name][in_test] = scores[name]["test"] / unit
-    return out
-
-
 def image_metrics(crop_scores: np.ndarray, rows: pd.DataFrame, groups: dict[str, str]) -> dict[str, float]:
     """Per-image (max over crops) test metrics overall, per class and per group."""
     _, scores = per_image_max({"s": crop_scores}, rows["source_sha256"])
     images = rows.groupby("source_sha256", sort=False).first()
     labels = images["label"].to_numpy()
     metrics = {k: v for k, v in evaluate(scores["s"], labels).items() if k.startswith(("roc_auc", "pr_auc", "n"))}
+    if "roc_auc" in metrics:
+        metrics["roc_auc_ci_low"], metrics["roc_auc_ci_high"] = roc_auc_ci(scores["s"], labels)
     group_of = images["source_path"].map(groups) if groups else pd.Series(dtype=str)
     for group in sorted(group_of.dropna().unique()):
         pick = (group_of == group).to_numpy()
@@ -127,18 +89,21 @@ def prepare_split(dataset: BenchDataset, workdir: Path, cfg: PanelConfig) -> Spl
                  load_crops(test, dirs.crops))
 
 
-def model_result(split: Split, cfg: PanelConfig, groups: dict[str, str]) -> tuple[dict, dict]:
+def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset) -> tuple[dict, dict]:
     """Train one model type on the split (one model per family when the labels name families),
     score, scale and choose its score on val as calibration does, report test; and its speed."""
     clean = is_clean(split.val).to_numpy()
     trained = train_models(split.train, split.train_families, split.val_x[torch.from_numpy(clean.copy())],
                            split.val["family"].to_numpy(str)[clean], cfg,
                            lambda _, tx, vx, family_cfg: train_model(tx, vx, family_cfg, progress=False))
-    scored = score_val_test(trained.model, split.val, split.val_x, split.test, split.test_x, cfg, len(trained.results))
+    scored = score_val_test(trained.model, split.val, split.val_x, split.test, split.test_x, cfg, len(trained.results),
+                            keep_heatmaps=bool(dataset.masks))
     name = select_score(scored.val.scores, scored.val.labels)
-    metrics = image_metrics(scored.test.crops.scores[name], split.test, groups) | {
+    metrics = image_metrics(scored.test.crops.scores[name], split.test, dataset.groups) | {
         "score": name, "image_ids": dataset_hash(split.test, "source_sha256"),
         "families": [f for f in trained.results if f]}
+    if dataset.masks:
+        metrics |= pixel_roc_auc(scored.test.crops.heatmaps, split.test, dataset.masks)
     if trained.classifier is not None:  # clean val crops; test crops, defects included
         metrics["router_val_accuracy"] = trained.classifier.accuracy
         metrics["router_test_accuracy"] = routing_accuracy(scored.test.crops.family, split.test["family"].to_numpy(str),
@@ -173,7 +138,7 @@ def run_dataset(dataset: BenchDataset, workdir: Path, cfg: PanelConfig, model_ty
     for model_type in model_types:
         log(f"[{dataset.name}] train {model_type}")
         type_cfg = cfg.replace("model", model_type=model_type)
-        metrics, timing = model_result(split, type_cfg, dataset.groups)
+        metrics, timing = model_result(split, type_cfg, dataset)
         methods[f"panelscan_{model_type}"] = metrics
         files = [Path(dataset.raw) / p for p in split.test["source_path"].drop_duplicates()]
         speed[f"panelscan_{model_type}"] = {k: v for k, v in timing.items() if k != "model"} | scoring_speed(
@@ -185,7 +150,9 @@ def run_dataset(dataset: BenchDataset, workdir: Path, cfg: PanelConfig, model_ty
     names = training_families(pd.Series(split.train_families, dtype=str))
     known = split.test["family"].isin(names).all()
     if names and known:  # the same metadata panelscan's families use, given to the baselines too
-        per_family = per_family_baseline_scores(split, names, cfg.train.seed)
+        per_family = per_family_baseline_scores(split.train, split.train_families, split.val_x,
+                                                split.val["family"].to_numpy(str), is_clean(split.val).to_numpy(),
+                                                split.test_x, split.test["family"].to_numpy(str), names, cfg.train.seed)
         for name in BASELINES:
             methods[f"{name}_per_family"] = image_metrics(per_family[name], split.test, dataset.groups) | {
                 "image_ids": test_ids, "families": list(names)}
@@ -206,21 +173,38 @@ def run_bench(datasets: list[BenchDataset], root: Path, cfg: PanelConfig,
     start = time.perf_counter()
     results = {d.name: run_dataset(d, Path(root) / d.name, cfg, model_types, log) for d in datasets}
     return {"schema_version": SCHEMA_VERSION, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "machine": machine(), "config": cfg.to_dict(), "datasets": results,
+            "machine": machine(), "config": cfg.to_dict(), "datasets": results, "summary": summary(results),
             "peak_memory_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "seconds": time.perf_counter() - start}
 
 
+def summary(results: dict[str, dict]) -> dict[str, dict]:
+    """Per method present on every real set: the mean test ROC-AUC over the real sets (and the
+    lowest), so a method is judged on panels it was not tuned on, not on the synthetic ones."""
+    real = [data["methods"] for name, data in results.items() if name != SYNTHETIC]
+    if not real:
+        return {}
+    common = [m for m in real[0] if all(m in methods for methods in real[1:])]
+    return {m: {"mean_roc_auc": float(np.mean([methods[m]["roc_auc"] for methods in real])),
+                "min_roc_auc": float(np.min([methods[m]["roc_auc"] for methods in real])), "sets": len(real)}
+            for m in common}
+
+
 def markdown_table(result: dict) -> str:
     """Quality and speed tables, one row per data set and method."""
-    lines = ["| data set | method | test ROC-AUC | PR-AUC | per class / group ROC-AUC | score |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| data set | method | test ROC-AUC (95 % CI) | PR-AUC | pixel ROC-AUC | per class / group ROC-AUC | score |",
+             "|---|---|---|---|---|---|---|"]
     for name, data in result["datasets"].items():
         for method, m in data["methods"].items():
             extra = ", ".join(f"{k.removeprefix('roc_auc_')} {v:.3f}" for k, v in m.items()
-                              if k.startswith("roc_auc_") and isinstance(v, float))
-            lines.append(f"| {name} | {method} | {m.get('roc_auc', float('nan')):.3f} | "
-                         f"{m.get('pr_auc', float('nan')):.3f} | {extra} | {m.get('score', '')} |")
+                              if k.startswith("roc_auc_") and not k.startswith("roc_auc_ci") and isinstance(v, float))
+            ci = f" ({m['roc_auc_ci_low']:.3f}–{m['roc_auc_ci_high']:.3f})" if "roc_auc_ci_low" in m else ""
+            pixel = f"{m['pixel_roc_auc']:.3f}" if "pixel_roc_auc" in m else ""
+            lines.append(f"| {name} | {method} | {m.get('roc_auc', float('nan')):.3f}{ci} | "
+                         f"{m.get('pr_auc', float('nan')):.3f} | {pixel} | {extra} | {m.get('score', '')} |")
+    for method, s in result.get("summary", {}).items():
+        lines.append(f"| **mean of {s['sets']} real sets** | {method} | {s['mean_roc_auc']:.3f} | | | "
+                     f"lowest {s['min_roc_auc']:.3f} | |")
     lines += ["", "| data set | model | s/epoch | I/O floor img/s | end-to-end img/s | share of floor |",
               "|---|---|---|---|---|---|"]
     for name, data in result["datasets"].items():
@@ -233,15 +217,30 @@ def markdown_table(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def bench_datasets(out: Path, quick: bool, raw: str | None = None, labels: str | None = None) -> list[BenchDataset]:
+def shared_datasets(root: Path) -> list[BenchDataset]:
+    """Every folder under root with a labels.csv, sorted, with its masks from
+    root/masks/<name>/masks.csv when there are any (../shared/datasets, see its README)."""
+    if not Path(root).is_dir():
+        return []
+    found = []
+    for folder in sorted(p for p in Path(root).iterdir() if (p / "labels.csv").is_file()):
+        masks_csv = Path(root) / "masks" / folder.name / "masks.csv"
+        found.append(BenchDataset(folder.name, folder, folder / "labels.csv",
+                                  masks=read_masks(masks_csv) if masks_csv.is_file() else {}))
+    return found
+
+
+def bench_datasets(out: Path, quick: bool, raw: str | None = None, labels: str | None = None,
+                   shared: Path | None = None) -> list[BenchDataset]:
     """The synthetic set (600 frames, generated under out), ELPV when the elpv-dataset package is
-    installed (full runs only: its training takes most of the time), and any --raw/--labels folder."""
+    installed and every shared real set under `shared` (full runs only: their training takes most
+    of the time), and any --raw/--labels folder."""
     from pipeline.synth import generate
 
     synth = Path(out) / "synth-600"
     if not (synth / "labels.csv").exists():
         generate(synth, n=600, seed=0)
-    datasets = [BenchDataset("synthetic", synth, synth / "labels.csv")]
+    datasets = [BenchDataset(SYNTHETIC, synth, synth / "labels.csv")]
     if not quick:
         try:
             from pipeline.datasets.elpv import write_elpv
@@ -250,6 +249,7 @@ def bench_datasets(out: Path, quick: bool, raw: str | None = None, labels: str |
             datasets.append(BenchDataset("elpv", elpv, elpv / "labels.csv", dict(zip(table["path"], table["type"]))))
         except ImportError:
             pass  # make elpv installs it
+        datasets += shared_datasets(shared) if shared else []
     if raw:
         datasets.append(BenchDataset(Path(raw).name, Path(raw), Path(labels) if labels else Path(raw) / "labels.csv"))
     return datasets

@@ -6,19 +6,37 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from PIL import Image
 
-from pipeline.bench import BASELINES, BenchDataset, markdown_table, run_bench
+from pipeline.bench import BASELINES, BenchDataset, markdown_table, run_bench, shared_datasets
 from pipeline.scoring import score_names
 from tests.conftest import small_config
 
 
+def _box_masks(raw: Path, out: Path) -> dict[str, Path]:
+    """A mask per defect frame: white over the true defect box the generator recorded."""
+    masks = {}
+    for row in pd.read_csv(raw / "panels.csv", dtype=str, keep_default_na=False).itertuples():
+        if row.defect_box:
+            x0, y0, x1, y1 = map(int, row.defect_box.split(","))
+            width, height = Image.open(raw / row.path).size
+            mask = np.zeros((height, width), dtype=np.uint8)
+            mask[y0:y1, x0:x1] = 255
+            Image.fromarray(mask).save(out / row.path)
+            masks[row.path] = out / row.path
+    return masks
+
+
 def test_tiny_bench_has_the_schema_and_identical_test_images_for_every_method(synth_raw: Path, tmp_path: Path):
     groups = {p: ("even" if i % 2 else "odd") for i, p in enumerate(sorted(q.name for q in synth_raw.glob("*.png")))}
-    dataset = BenchDataset("tiny", synth_raw, synth_raw / "labels.csv", groups)
+    (tmp_path / "masks").mkdir()
+    dataset = BenchDataset("tiny", synth_raw, synth_raw / "labels.csv", groups, _box_masks(synth_raw, tmp_path / "masks"))
     cfg = small_config(epochs=2).replace("ingest", train_frac=0.7).replace("model", codebook_size=32)
     result = json.loads(json.dumps(run_bench([dataset], tmp_path, cfg, log=lambda _: None), default=str))
 
-    assert result["schema_version"] == 1 and {"date", "machine", "config", "datasets", "peak_memory_mb"} <= set(result)
+    assert result["schema_version"] == 2
+    assert {"date", "machine", "config", "datasets", "peak_memory_mb", "summary"} <= set(result)
     tiny = result["datasets"]["tiny"]
     methods = tiny["methods"]
     assert set(methods) == {"panelscan_convvae", "panelscan_vqvae", *BASELINES}
@@ -28,12 +46,20 @@ def test_tiny_bench_has_the_schema_and_identical_test_images_for_every_method(sy
     for name, m in methods.items():
         assert 0 <= m["roc_auc"] <= 1 and 0 <= m["pr_auc"] <= 1, name
         assert {"roc_auc_crack", "roc_auc_loose_connector", "roc_auc_even", "roc_auc_odd"} <= set(m), name
+        assert m["roc_auc_ci_low"] <= m["roc_auc"] <= m["roc_auc_ci_high"], name
+    for name in ("panelscan_convvae", "panelscan_vqvae"):  # localisation where masks exist: models have maps
+        assert 0 <= methods[name]["pixel_roc_auc"] <= 1 and 0 < methods[name]["pixel_defect_share"] < 1
+    assert "pixel_roc_auc" not in methods["pca_recon"]
+    # the one set here is not the synthetic one by name, so it is the summary's only real set
+    assert result["summary"]["pca_recon"] == {"mean_roc_auc": methods["pca_recon"]["roc_auc"],
+                                              "min_roc_auc": methods["pca_recon"]["roc_auc"], "sets": 1}
     assert methods["panelscan_convvae"]["score"] in score_names("convvae")
     for speed in tiny["speed"].values():
         assert speed["io_floor_images_per_s"] > 0 and speed["end_to_end_images_per_s"] > 0
         assert speed["seconds_per_epoch"] > 0 and np.isfinite(speed["end_to_end_share_of_floor"])
     table = markdown_table(result)
     assert table.count("| tiny |") == len(methods) + 2 and "peak memory" in table
+    assert table.count("**mean of 1 real sets**") == len(methods)
 
 
 def test_bench_with_families_trains_per_family_and_gives_baselines_the_same_metadata(two_family_raw: Path,
@@ -47,3 +73,14 @@ def test_bench_with_families_trains_per_family_and_gives_baselines_the_same_meta
     assert set(methods) == {"panelscan_convvae", *BASELINES, *(f"{name}_per_family" for name in BASELINES)}
     assert {m["image_ids"] for m in methods.values()} == {result["split"]["test_image_ids"]}
     assert all(0 <= m["roc_auc"] <= 1 for m in methods.values())
+
+
+def test_shared_sets_are_found_with_their_masks(tmp_path: Path):
+    (tmp_path / "boards" / "a").mkdir(parents=True)
+    (tmp_path / "boards" / "labels.csv").write_text("path,label\na/1.png,crack\n")
+    (tmp_path / "masks" / "boards").mkdir(parents=True)
+    (tmp_path / "masks" / "boards" / "masks.csv").write_text("path,mask\na/1.png,a/1.png\n")
+    (tmp_path / "notes").mkdir()  # no labels.csv: not a data set
+    found = shared_datasets(tmp_path)
+    assert [d.name for d in found] == ["boards"] and found[0].masks == {"a/1.png": tmp_path / "masks" / "boards" / "a" / "1.png"}
+    assert shared_datasets(tmp_path / "missing") == []
