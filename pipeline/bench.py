@@ -98,9 +98,11 @@ def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset) -> tuple
                            lambda _, tx, vx, family_cfg: train_model(tx, vx, family_cfg, progress=False))
     scored = score_val_test(trained.model, split.val, split.val_x, split.test, split.test_x, cfg, len(trained.results),
                             keep_heatmaps=bool(dataset.masks))
-    name = select_score(scored.val.scores, scored.val.labels)
+    name = select_score(scored.val.scores, scored.val.labels, scored.synthetic)
+    val = evaluate(scored.val.scores[name], scored.val.labels)  # the labelled val figure, beside the pasted one
     metrics = image_metrics(scored.test.crops.scores[name], split.test, dataset.groups) | {
-        "score": name, "image_ids": dataset_hash(split.test, "source_sha256"),
+        "score": name, "val_roc_auc": val.get("roc_auc", float("nan")),
+        "val_synthetic_auc": scored.synthetic.get(name, float("nan")), "image_ids": dataset_hash(split.test, "source_sha256"),
         "families": [f for f in trained.results if f]}
     if dataset.masks:
         metrics |= pixel_roc_auc(scored.test.crops.heatmaps, split.test, dataset.masks)
@@ -192,7 +194,8 @@ def summary(results: dict[str, dict]) -> dict[str, dict]:
 
 def markdown_table(result: dict) -> str:
     """Quality and speed tables, one row per data set and method."""
-    lines = ["| data set | method | test ROC-AUC (95 % CI) | PR-AUC | pixel ROC-AUC | per class / group ROC-AUC | score |",
+    lines = ["| data set | method | test ROC-AUC (95 % CI) | PR-AUC | pixel ROC-AUC | per class / group ROC-AUC | "
+             "score (chosen on val) |",
              "|---|---|---|---|---|---|---|"]
     for name, data in result["datasets"].items():
         for method, m in data["methods"].items():
@@ -200,8 +203,11 @@ def markdown_table(result: dict) -> str:
                               if k.startswith("roc_auc_") and not k.startswith("roc_auc_ci") and isinstance(v, float))
             ci = f" ({m['roc_auc_ci_low']:.3f}–{m['roc_auc_ci_high']:.3f})" if "roc_auc_ci_low" in m else ""
             pixel = f"{m['pixel_roc_auc']:.3f}" if "pixel_roc_auc" in m else ""
+            score = m.get("score", "")
+            if "val_roc_auc" in m:  # how the choice looked on val: labelled images, and pasted defects
+                score += f" (val {m['val_roc_auc']:.3f}, pasted {m['val_synthetic_auc']:.3f})"
             lines.append(f"| {name} | {method} | {m.get('roc_auc', float('nan')):.3f}{ci} | "
-                         f"{m.get('pr_auc', float('nan')):.3f} | {pixel} | {extra} | {m.get('score', '')} |")
+                         f"{m.get('pr_auc', float('nan')):.3f} | {pixel} | {extra} | {score} |")
     for method, s in result.get("summary", {}).items():
         lines.append(f"| **mean of {s['sets']} real sets** | {method} | {s['mean_roc_auc']:.3f} | | | "
                      f"lowest {s['min_roc_auc']:.3f} | |")

@@ -122,13 +122,20 @@ def roc_auc_ci(scores: np.ndarray, labels: np.ndarray, rounds: int = BOOTSTRAP_R
     return interval([roc_auc_score(y[i], scores[i]) for i in bootstrap_indices(y, rounds, seed)], level)
 
 
-def select_score(val_scores: dict[str, np.ndarray], labels: np.ndarray, default: str = "blur_max") -> str:
-    """The candidate score with the best validation ROC-AUC (default when val has no defects)."""
+MIN_LABELLED_DEFECTS = 10  # fewer labelled val defects: the self-supervised check chooses the score
+
+
+def select_score(val_scores: dict[str, np.ndarray], labels: np.ndarray, synthetic: dict[str, float] | None = None,
+                 default: str = "blur_max") -> str:
+    """The candidate score with the best validation ROC-AUC on the labelled val images; with
+    fewer than MIN_LABELLED_DEFECTS labelled defects (or no clean image), the one best at finding
+    defects pasted on clean val crops (pipeline/selfcheck.py); default when neither is there."""
     y = defect_targets(labels)
-    if y.all() or not y.any():
-        return default
-    aucs = {name: roc_auc_score(y, s) for name, s in val_scores.items()}
-    return max(aucs, key=aucs.get)
+    if not y.all() and y.sum() >= MIN_LABELLED_DEFECTS:
+        aucs = {name: roc_auc_score(y, s) for name, s in val_scores.items()}
+    else:
+        aucs = {name: auc for name, auc in (synthetic or {}).items() if name in val_scores}
+    return max(aucs, key=aucs.get) if aucs else default
 
 
 @dataclass
@@ -162,18 +169,26 @@ class Calibration:
 
 def calibrate_scores(val_scores: dict[str, np.ndarray], val_labels: np.ndarray,
                      test_scores: dict[str, np.ndarray], test_labels: np.ndarray,
-                     rule: str, fallback_quantile: float, model_name: str, model_version: str) -> Calibration:
-    """Pick the score function and threshold on val; report both val and test metrics at it."""
-    name = select_score(val_scores, val_labels)
+                     rule: str, fallback_quantile: float, model_name: str, model_version: str,
+                     synthetic: dict[str, float] | None = None) -> Calibration:
+    """Pick the score function and threshold on val; report both val and test metrics at it.
+    synthetic: each score's self-supervised check on clean val crops (reported, and the choice
+    when val has few labelled defects)."""
+    synthetic = synthetic or {}
+    name = select_score(val_scores, val_labels, synthetic)
     choice = choose_threshold(val_scores[name], val_labels, rule, fallback_quantile)
     table = {}
     for candidate in val_scores:
         table[candidate] = {"val_roc_auc": evaluate(val_scores[candidate], val_labels).get("roc_auc", float("nan")),
-                            "test_roc_auc": evaluate(test_scores[candidate], test_labels).get("roc_auc", float("nan"))}
+                            "test_roc_auc": evaluate(test_scores[candidate], test_labels).get("roc_auc", float("nan")),
+                            "val_synthetic_auc": synthetic.get(candidate, float("nan"))}
     test = evaluate(test_scores[name], test_labels, choice.threshold)
     if "roc_auc" in test:
         test["roc_auc_ci_low"], test["roc_auc_ci_high"] = roc_auc_ci(test_scores[name], test_labels)
     clean = val_scores[name][np.asarray(val_labels).astype(str) == OK]
+    val = evaluate(val_scores[name], val_labels, choice.threshold)
+    if name in synthetic:
+        val["synthetic_auc"] = synthetic[name]
     return Calibration(model_name, str(model_version), name, choice.threshold, choice.rule, choice.fallback, choice.note,
-                       evaluate(val_scores[name], val_labels, choice.threshold), test, table,
+                       val, test, table,
                        clean_reference=reference_quantiles(clean) if len(clean) else [])

@@ -84,8 +84,12 @@ class TrainConfig:
     batch_size: int = 16  # small sets need many steps: 16 beat 32 at the same epochs on the synthetic set
     lr: float = 2e-3
     weight_decay: float = 0.0
-    patience: int = 8  # early stop after this many epochs without a better clean val recon ...
-    min_epochs: int = 20  # ... but never before this: early val loss is too noisy to judge (BatchNorm lag)
+    # Which epoch's weights are kept: "synthetic", the best self-supervised check (defects pasted
+    # on clean val crops, pipeline/selfcheck.py), or "recon", the lowest clean val reconstruction loss.
+    select_by: Literal["synthetic", "recon"] = option("synthetic", "which epoch to keep: best at finding defects "
+                                                      "pasted on clean val crops, or lowest clean val loss")
+    patience: int = 8  # early stop after this many epochs without a better selection figure ...
+    min_epochs: int = 20  # ... but never before this: early val figures are too noisy to judge (BatchNorm lag)
     min_delta: float = 1e-4  # relative improvement that counts as better
     seed: int = option(0, "seed of weights, batch order and augmentation")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where to train")

@@ -91,9 +91,10 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
                 keep_heatmaps: bool = True) -> ScoredBatch:
     """Score uint8 (N, 1, S, S) crops in batches on CPU; deterministic (the model's μ path)."""
     parts: list[ScoredBatch] = []
+    device = model_device(model)
     for x in float_batches(crops, cfg.batch_size):
-        out = ModelOutput.of(model(x))
-        out = out._replace(recon=out.recon.float(), latent_score=out.latent_score.float(), error_ref=out.error_ref.float())
+        out = ModelOutput.of(model(x.to(device)))
+        out = ModelOutput(out.recon.float().cpu(), out.latent_score.float().cpu(), out.error_ref.float().cpu(), out.family.cpu())
         part = score_maps(x, out, cfg, model_cfg)
         if not keep_heatmaps:
             part.heatmaps = part.heatmaps[:0]
@@ -144,11 +145,17 @@ def worst_crop(values: np.ndarray, image_keys: Sequence[str]) -> np.ndarray:
     return pd.Series(np.asarray(values)).groupby(list(image_keys), sort=False).idxmax().to_numpy()
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where the model's weights are (CPU for a module without any)."""
+    return next(iter(model.parameters()), torch.empty(0)).device
+
+
 @torch.inference_mode()
-def fit_error_reference(model: nn.Module, clean: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+def fit_error_reference(model: nn.Module, clean: torch.Tensor, batch_size: int = 64,
+                        device: torch.device | None = None) -> torch.Tensor:
     """Mean squared reconstruction error per pixel over clean uint8 crops; stored in the model."""
     total = torch.zeros_like(model.error_ref)
-    for x in float_batches(clean, batch_size):
+    for x in float_batches(clean, batch_size, device):
         total += (x - model(x).recon).pow(2).sum(dim=0, keepdim=True)
     model.error_ref.copy_(total / max(1, len(clean)))
     return model.error_ref

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pipeline.config import PanelConfig
+from pipeline.selfcheck import pasted_copies, synthetic_check
 from pipeline.scoring import ScoredBatch, fit_score_scale, per_image_max, scaled_scores, score_crops, worst_crop
 from pipeline.workspace import image_labels, is_clean
 
@@ -52,12 +53,17 @@ class ValTest:
     val: SplitScores
     test: SplitScores
     scale: dict[str, list[float]]  # raw score -> each family's clean val median
+    synthetic: dict[str, float]  # score -> ROC-AUC at finding defects pasted on the clean val crops
 
 
 def score_val_test(model: nn.Module, val_rows: pd.DataFrame, val_x: torch.Tensor, test_rows: pd.DataFrame,
                    test_x: torch.Tensor, cfg: PanelConfig, n_families: int, keep_heatmaps: bool = False) -> ValTest:
-    """Score val and test crops with the model; the per-family scale is fitted on val's clean crops."""
+    """Score val and test crops with the model; the per-family scale is fitted on val's clean
+    crops, and the self-supervised check runs on them too."""
     val = score_crops(model, val_x, cfg.score, cfg.model, keep_heatmaps=keep_heatmaps)
-    scale = fit_score_scale(val.scores, val.family, is_clean(val_rows).to_numpy(), max(1, n_families))
+    clean = is_clean(val_rows).to_numpy()
+    scale = fit_score_scale(val.scores, val.family, clean, max(1, n_families))
     test = score_split(model, test_rows, test_x, cfg, scale, keep_heatmaps)
-    return ValTest(per_image(val, val_rows, scale), test, scale)
+    clean_x = val_x[torch.from_numpy(clean.copy())]
+    synthetic = synthetic_check(model, clean_x, pasted_copies(clean_x, cfg.train.seed), cfg)
+    return ValTest(per_image(val, val_rows, scale), test, scale, synthetic)

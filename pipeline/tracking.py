@@ -229,11 +229,13 @@ def log_calibration(calibration: Calibration, figures: dict[str, Figure] | None 
 
 
 def score_table_markdown(calibration: Calibration) -> str:
-    """Every candidate score's val and test ROC-AUC; the chosen one (best on val) marked."""
-    lines = ["| score | val ROC-AUC | test ROC-AUC | chosen |", "|---|---|---|---|"]
+    """Every candidate score's val, self-supervised (pasted defects on clean val) and test
+    ROC-AUC; the chosen one marked."""
+    lines = ["| score | val ROC-AUC | val pasted-defect ROC-AUC | test ROC-AUC | chosen |", "|---|---|---|---|---|"]
     for name, row in calibration.score_table.items():
         mark = "yes" if name == calibration.score_name else ""
-        lines.append(f"| {name} | {row['val_roc_auc']:.3f} | {row['test_roc_auc']:.3f} | {mark} |")
+        lines.append(f"| {name} | {row['val_roc_auc']:.3f} | {row.get('val_synthetic_auc', float('nan')):.3f} | "
+                     f"{row['test_roc_auc']:.3f} | {mark} |")
     return "\n".join(lines) + "\n"
 
 

@@ -27,6 +27,7 @@ from pipeline.images import float_batches, to_float
 from pipeline.models import LatentReport, build_model
 from pipeline.models.blocks import squared_error
 from pipeline.scoring import fit_error_reference
+from pipeline.selfcheck import pasted_copies, synthetic_check
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 BN_CALIBRATION_CROPS = 256  # clean crops that set BatchNorm statistics before each validation pass
@@ -157,6 +158,24 @@ def recalibrate_batchnorm(model: nn.Module, clean: torch.Tensor, batch_size: int
     model.eval()
 
 
+def _selection(cfg: PanelConfig, train_x: torch.Tensor, val_x: torch.Tensor,
+               device: torch.device) -> Callable[[nn.Module], dict[str, float]]:
+    """What model selection measures after each epoch besides the val loss. select_by="synthetic":
+    the self-supervised check (pipeline/selfcheck.py) on the clean val crops, its best candidate
+    score's ROC-AUC, with the clean error reference refitted first (the normalised scores need it)."""
+    if cfg.train.select_by == "recon":
+        return lambda model: {}
+    if cfg.train.select_by != "synthetic":
+        raise ValueError(f"unknown select_by {cfg.train.select_by!r} (synthetic or recon)")
+
+    pasted = pasted_copies(val_x, cfg.train.seed)
+
+    def check(model: nn.Module) -> dict[str, float]:
+        fit_error_reference(model, train_x[:BN_CALIBRATION_CROPS], device=device)
+        return {"val/synthetic_auc": max(synthetic_check(model, val_x, pasted, cfg).values())}
+    return check
+
+
 def _identity(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the data and every setting that shapes the run."""
     digest = hashlib.sha256(train_x.numpy().tobytes() + val_x.numpy().tobytes()).hexdigest()
@@ -220,6 +239,7 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     val_loader = _loader(val_x, tc.batch_size, None, device, tc.loader_workers)
     identity = _identity(train_x, val_x, cfg) if checkpoint else {}
     best, best_state, result, stale = float("inf"), None, TrainResult(model=model, device=str(device)), 0
+    select = _selection(cfg, train_x, val_x, device)
     saved = read_checkpoint(checkpoint.path) if checkpoint and checkpoint.resume else None
     if saved is not None:
         if saved["identity"] != identity:
@@ -246,13 +266,14 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
             val_m = _epoch_pass(model, val_loader, len(val_x), cfg, beta, device, None, generator)
         scheduler.step()
         metrics = {**{f"train/{k}": v for k, v in train_m.items()}, **{f"val/{k}": v for k, v in val_m.items()},
-                   "lr": scheduler.get_last_lr()[0]}
+                   "lr": scheduler.get_last_lr()[0], **select(model)}
         if model.uses_beta:
             metrics["train/beta"] = beta
             metrics["active_units"] = val_m["active_units"]  # the headline name analysts know
         result.history.append({"epoch": epoch, **metrics})
-        if metrics["val/recon"] < best * (1 - tc.min_delta):
-            best, best_state, result.best_epoch, stale = metrics["val/recon"], copy.deepcopy(model.state_dict()), epoch, 0
+        criterion = 1 - metrics["val/synthetic_auc"] if tc.select_by == "synthetic" else metrics["val/recon"]
+        if criterion < best * (1 - tc.min_delta):
+            best, best_state, result.best_epoch, stale = criterion, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1
         if checkpoint:
@@ -264,7 +285,8 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         bar.set_postfix({k.replace("train/", ""): f"{metrics[k]:.4g}"
-                         for k in ("train/recon", "train/kl", "train/vq_loss", "val/recon") if k in metrics})
+                         for k in ("train/recon", "train/kl", "train/vq_loss", "val/recon", "val/synthetic_auc")
+                         if k in metrics})
         if stale >= tc.patience and epoch >= tc.min_epochs:
             result.stopped_early = True
             break

@@ -50,6 +50,8 @@ def test_tiny_bench_has_the_schema_and_identical_test_images_for_every_method(sy
     for name in ("panelscan_convvae", "panelscan_vqvae"):  # localisation where masks exist: models have maps
         assert 0 <= methods[name]["pixel_roc_auc"] <= 1 and 0 < methods[name]["pixel_defect_share"] < 1
     assert "pixel_roc_auc" not in methods["pca_recon"]
+    for name in ("panelscan_convvae", "panelscan_vqvae"):  # the self-supervised check beside the labelled val
+        assert 0 <= methods[name]["val_synthetic_auc"] <= 1 and 0 <= methods[name]["val_roc_auc"] <= 1
     # the one set here is not the synthetic one by name, so it is the summary's only real set
     assert result["summary"]["pca_recon"] == {"mean_roc_auc": methods["pca_recon"]["roc_auc"],
                                               "min_roc_auc": methods["pca_recon"]["roc_auc"], "sets": 1}

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from pipeline.calibrate import calibrate_scores, choose_threshold, evaluate, roc_auc_ci
+from pipeline.calibrate import calibrate_scores, choose_threshold, evaluate, roc_auc_ci, select_score
 from pipeline.promotion import gate
 
 
@@ -101,3 +101,14 @@ def test_gate_keeps_the_champion_when_the_challenger_is_worse_and_promotes_when_
     assert gate(same, champion, labels).promote
     with pytest.raises(ValueError, match="clean and defect"):
         gate(same[:10], champion[:10], labels[:10])
+
+
+def test_with_few_labelled_defects_the_pasted_defect_check_chooses_the_score():
+    rng = np.random.default_rng(2)
+    for n_defects, expected in ((3, "pasted_favourite"), (0, "pasted_favourite"), (40, "labelled_favourite")):
+        labels = np.array(["ok"] * 100 + ["crack"] * n_defects)
+        y = labels != "ok"
+        scores = {"labelled_favourite": rng.normal(0, 1, len(y)) + 2.0 * y, "pasted_favourite": rng.normal(0, 1, len(y))}
+        synthetic = {"labelled_favourite": 0.6, "pasted_favourite": 0.9}
+        assert select_score(scores, labels, synthetic) == expected, n_defects
+    assert select_score(scores, np.array(["ok"] * 140)) == "blur_max"  # neither: the documented default

@@ -51,7 +51,8 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     scored = score_val_test(model, val, load_crops(val, dirs.crops), test, test_x, model_cfg, len(families),
                             keep_heatmaps=True)
     calibration = calibrate_scores(scored.val.scores, scored.val.labels, scored.test.scores, scored.test.labels,
-                                   rule or model_cfg.calibrate.rule, model_cfg.calibrate.fallback_quantile, name, version)
+                                   rule or model_cfg.calibrate.rule, model_cfg.calibrate.fallback_quantile, name, version,
+                                   scored.synthetic)
     classifier, accuracy = _fit_defect_types(scored.val, scored.test, calibration.score_name)
     if classifier is not None:
         calibration.test["suspected_defect_accuracy"] = accuracy

@@ -1,0 +1,109 @@
+"""The self-supervised check: how well a model finds defects pasted on clean validation crops.
+
+Clean reconstruction loss is the wrong target for choosing a model (on an unseen real set, better
+reconstruction of clean tiles did not mean better detection), and many sets have few labelled
+defects. So each clean val crop gets one synthetic defect (seeded, the same every time): an
+irregular blob (value noise inside a random window, as DRAEM's Perlin masks) filled with another
+clean crop's texture, a flat grey, a darker / brighter copy or noise; or a thin wavy line, dark or
+bright, as a crack. Every candidate score's ROC-AUC at telling the pasted copy from the clean one
+is the check. Everything is batched tensors on the crops' device.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+from torch.nn import functional as F
+
+from pipeline.config import PanelConfig
+from pipeline.images import to_float, to_uint8
+from pipeline.scoring import blur, fit_score_scale, scaled_scores, score_crops
+
+BLOB_FILLS = ("texture", "grey", "shade", "noise")
+
+
+@dataclass(frozen=True)
+class Pasted:
+    images: torch.Tensor  # (N, 1, S, S) floats in [0, 1], one defect each
+    masks: torch.Tensor  # (N, 1, S, S) how much of each pixel is defect, in [0, 1]
+
+
+def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, generator=g)
+
+
+def blob_masks(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """(n, 1, S, S) irregular blobs: smooth value noise plus a Gaussian bump at a random place,
+    thresholded, softened at the rim. Radius 4 % to 15 % of the side."""
+    masks = []
+    for _ in range(n):
+        cells = int(torch.randint(3, 9, (1,), generator=g))
+        noise = F.interpolate(torch.rand(1, 1, cells + 1, cells + 1, generator=g), size=(size, size),
+                              mode="bicubic", align_corners=True)
+        cy, cx = (torch.rand(2, generator=g) * 0.8 + 0.1) * size
+        radius = float(_uniform(1, 0.04, 0.15, g)) * size
+        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+        bump = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
+        masks.append(((0.6 * noise[0, 0] + bump) > 1.0).float())
+    return blur(torch.stack(masks)[:, None], 0.7)
+
+
+def line_masks(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    """(n, 1, S, S) thin wavy lines (a random walk with a drifting heading), 0.6 to 1.8 px wide."""
+    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                            indexing="ij")
+    masks = []
+    for _ in range(n):
+        steps = int(torch.randint(40, 160, (1,), generator=g))
+        turns = torch.cumsum(torch.randn(steps, generator=g) * 0.15, 0) + float(torch.rand(1, generator=g)) * 2 * math.pi
+        start = (torch.rand(2, generator=g) * 0.6 + 0.2) * size
+        step = size / 160
+        points = start + torch.cumsum(torch.stack([torch.sin(turns), torch.cos(turns)], 1) * step, 0)  # (y, x)
+        width = float(_uniform(1, 0.6, 1.8, g))
+        d2 = (yy[..., None] - points[:, 0]) ** 2 + (xx[..., None] - points[:, 1]) ** 2
+        masks.append(torch.exp(-d2.amin(-1) / (2 * width**2)))
+    return torch.stack(masks)[:, None]
+
+
+def paste_defects(x: torch.Tensor, g: torch.Generator) -> Pasted:
+    """One synthetic defect on each float (N, 1, S, S) crop: a third of them lines, the rest blobs
+    with a fill drawn from BLOB_FILLS; opacity 0.5 to 1."""
+    n, size = x.shape[0], x.shape[-1]
+    is_line = torch.rand(n, generator=g) < 1 / 3
+    masks = torch.where(is_line[:, None, None, None], line_masks(n, size, g), blob_masks(n, size, g))
+    fill_kind = torch.randint(0, len(BLOB_FILLS), (n,), generator=g)
+    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)[:, None, None, None]
+    shift = tuple(int(v) for v in torch.randint(size // 4, 3 * size // 4, (2,), generator=g))
+    fills = {
+        "texture": torch.roll(x, shifts=(1, *shift), dims=(0, 2, 3)),  # another clean crop, elsewhere
+        "grey": _uniform(n, 0.0, 1.0, g)[:, None, None, None].expand_as(x),
+        "shade": x * (1 + sign * _uniform(n, 0.15, 0.5, g)[:, None, None, None]),
+        "noise": x + torch.randn(x.shape, generator=g) * _uniform(n, 0.08, 0.25, g)[:, None, None, None],
+    }
+    blob_fill = torch.stack([fills[k] for k in BLOB_FILLS])[fill_kind, torch.arange(n)]
+    line_fill = x + sign * _uniform(n, 0.15, 0.5, g)[:, None, None, None]  # a crack: darker or brighter
+    fill = torch.where(is_line[:, None, None, None], line_fill, blob_fill).clamp(0, 1)
+    alpha = masks * _uniform(n, 0.5, 1.0, g)[:, None, None, None]
+    return Pasted((x * (1 - alpha) + fill.to(x.device) * alpha).clamp(0, 1), masks)
+
+
+def pasted_copies(clean: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """uint8 copies of the clean uint8 crops with one pasted defect each; the same for a seed."""
+    return to_uint8(paste_defects(to_float(clean), torch.Generator().manual_seed(seed)).images)
+
+
+def synthetic_check(model: nn.Module, clean: torch.Tensor, pasted: torch.Tensor, cfg: PanelConfig) -> dict[str, float]:
+    """Every candidate score's ROC-AUC at telling clean uint8 crops from their pasted copies
+    (scores scaled as calibration scales them). {} without crops."""
+    if len(clean) == 0:
+        return {}
+    scored = score_crops(model, torch.cat([clean, pasted]), cfg.score, cfg.model, keep_heatmaps=False)
+    truth = np.r_[np.zeros(len(clean)), np.ones(len(pasted))]
+    scale = fit_score_scale(scored.scores, scored.family, truth == 0, int(scored.family.max()) + 1)
+    scores = scaled_scores(scored.scores, scored.family, scale)
+    return {name: float(roc_auc_score(truth, values)) for name, values in scores.items()}
