@@ -32,6 +32,7 @@ import torch
 from pipeline.baselines import BASELINES, baseline_scores, per_family_baseline_scores
 from pipeline.calibrate import evaluate, roc_auc_ci, select_score
 from pipeline.config import PanelConfig
+from pipeline.defect_head import with_head
 from pipeline.families import routing_accuracy, train_models, training_families
 from pipeline.ingest import ingest, prepare_many
 from pipeline.localisation import pixel_roc_auc, read_masks
@@ -96,7 +97,8 @@ def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset) -> tuple
     trained = train_models(split.train, split.train_families, split.val_x[torch.from_numpy(clean.copy())],
                            split.val["family"].to_numpy(str)[clean], cfg,
                            lambda _, tx, vx, family_cfg: train_model(tx, vx, family_cfg, progress=False))
-    scored = score_val_test(trained.model, split.val, split.val_x, split.test, split.test_x, cfg, len(trained.results),
+    model, head_seconds = with_head(trained.model, split.train, cfg, progress=False)
+    scored = score_val_test(model, split.val, split.val_x, split.test, split.test_x, cfg, len(trained.results),
                             keep_heatmaps=bool(dataset.masks))
     name = select_score(scored.val.scores, scored.val.labels, scored.synthetic)
     val = evaluate(scored.val.scores[name], scored.val.labels)  # the labelled val figure, beside the pasted one
@@ -112,8 +114,8 @@ def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset) -> tuple
                                                            trained.classifier.names)
     results = trained.results.values()
     seconds, epochs = sum(r.seconds for r in results), max(max(1, len(r.history)) for r in results)
-    return metrics, {"train_seconds": seconds, "seconds_per_epoch": seconds / epochs,  # one pass over all families
-                     "epochs": epochs, "model": trained.model}
+    return metrics, {"train_seconds": seconds + head_seconds, "seconds_per_epoch": seconds / epochs,  # all families
+                     "head_seconds": head_seconds, "epochs": epochs, "model": model}
 
 
 def scoring_speed(model: torch.nn.Module, files: list[Path], cfg: PanelConfig) -> dict[str, float]:

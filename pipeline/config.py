@@ -76,6 +76,12 @@ class ModelConfig:
     ema_decay: float = 0.99
     commitment_cost: float = 0.25  # weight of ||z - sg[e]||² (van den Oord et al.)
     dead_code_threshold: float = 0.05  # restart codes whose share of assignments < this / codebook_size
+    # Defect head (pipeline/defect_head.py): a small U-Net on (input, reconstruction) trained on
+    # pasted synthetic defects after the model; 0 steps: none.
+    head_steps: int = option(0, "defect-head training steps after the model (0: no head)")
+    head_width: int = 16  # channels of the head's first stage (doubling per stage)
+    head_lr: float = 1e-3
+    head_batch: int = 16
 
 
 @dataclass(frozen=True)
@@ -165,6 +171,15 @@ class PanelConfig:
         return cls(**kwargs)
 
     @classmethod
+    def from_stored(cls, data: dict[str, Any]) -> "PanelConfig":
+        """A config stored with a registered version: settings it predates mean what the code
+        did before they existed (ABSENT_MEANT), not today's defaults."""
+        data = {section: dict(values) for section, values in data.items()}
+        for section, meant in ABSENT_MEANT.items():
+            data[section] = meant | data.get(section, {})
+        return cls.from_dict(data)
+
+    @classmethod
     def load(cls, path: Path | None) -> "PanelConfig":
         """Defaults, overridden by a JSON file when given."""
         if path is None:
@@ -173,6 +188,10 @@ class PanelConfig:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise ValueError(f"{path}: invalid config: {exc}") from exc
+
+
+# Settings added after versions were registered, and what a stored config without them meant.
+ABSENT_MEANT: dict[str, dict[str, Any]] = {"model": {"head_steps": 0}, "train": {"select_by": "recon"}}
 
 
 def cli_options(section: str) -> Iterator[CliOption]:

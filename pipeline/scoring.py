@@ -33,9 +33,14 @@ MAP_SCORES = ("mse", "topk_mean", "blur_max", "norm_blur_max", "dark_blur_max", 
 COMBINED, COMBINED_PARTS = "dark_norm_mean", ("dark_area_max", "norm_blur_max")
 
 
-def score_names(model_type: str) -> tuple[str, ...]:
-    """Candidate scores for a model type: the error-map scores, its latent score and the combined one."""
-    return (*MAP_SCORES, latent_score_name(model_type), COMBINED)
+# From a defect head's map (pipeline/defect_head.py): its peak after a small and a wide blur.
+HEAD_SCORES = ("head_blur_max", "head_area_max")
+
+
+def score_names(model_type: str, head: bool = False) -> tuple[str, ...]:
+    """Candidate scores for a model type: the error-map scores, its latent score, the defect
+    head's scores when it has one, and the combined one."""
+    return (*MAP_SCORES, latent_score_name(model_type), *(HEAD_SCORES if head else ()), COMBINED)
 
 
 @dataclass
@@ -83,6 +88,10 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     }
     kind = model_class(model_cfg.model_type)
     scores[kind.latent_score_name] = kind.latent_score(x, out, model_cfg)
+    if out.anomaly_map is not None:  # the head says where defects are better than raw error does
+        heat = blur(out.anomaly_map, cfg.blur_sigma)
+        scores["head_blur_max"] = heat.flatten(1).amax(dim=1)
+        scores["head_area_max"] = blur(out.anomaly_map, cfg.area_sigma).flatten(1).amax(dim=1)
     return ScoredBatch({name: s.double().numpy() for name, s in scores.items()}, heat[:, 0], out.family.long().numpy())
 
 
@@ -94,14 +103,15 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
     device = model_device(model)
     for x in float_batches(crops, cfg.batch_size):
         out = ModelOutput.of(model(x.to(device)))
-        out = ModelOutput(out.recon.float().cpu(), out.latent_score.float().cpu(), out.error_ref.float().cpu(), out.family.cpu())
+        out = ModelOutput(*(None if t is None else t.float().cpu() for t in out[:3]), out.family.cpu(),
+                          None if out.anomaly_map is None else out.anomaly_map.float().cpu())
         part = score_maps(x, out, cfg, model_cfg)
         if not keep_heatmaps:
             part.heatmaps = part.heatmaps[:0]
         parts.append(part)
     if not parts:
         size = crops.shape[-1] if crops.ndim == 4 else 0
-        names = (*MAP_SCORES, latent_score_name(model_cfg.model_type))
+        names = [n for n in score_names(model_cfg.model_type, model_cfg.head_steps > 0) if n != COMBINED]
         return ScoredBatch({name: np.zeros(0) for name in names}, torch.zeros(0, size, size), np.zeros(0, dtype=int))
     return ScoredBatch({name: np.concatenate([p.scores[name] for p in parts]) for name in parts[0].scores},
                        torch.cat([p.heatmaps for p in parts]), np.concatenate([p.family for p in parts]))

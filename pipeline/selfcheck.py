@@ -42,32 +42,32 @@ def blob_masks(n: int, size: int, g: torch.Generator) -> torch.Tensor:
     thresholded, softened at the rim. Radius 4 % to 15 % of the side."""
     masks = []
     for _ in range(n):
-        cells = int(torch.randint(3, 9, (1,), generator=g))
+        cells = int(torch.randint(6, 20, (1,), generator=g))
         noise = F.interpolate(torch.rand(1, 1, cells + 1, cells + 1, generator=g), size=(size, size),
                               mode="bicubic", align_corners=True)
         cy, cx = (torch.rand(2, generator=g) * 0.8 + 0.1) * size
         radius = float(_uniform(1, 0.04, 0.15, g)) * size
         yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
         bump = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
-        masks.append(((0.6 * noise[0, 0] + bump) > 1.0).float())
+        masks.append(((bump * (0.3 + 1.4 * noise[0, 0]) > 0.5) | (bump > 0.9)).float())  # noise frays the rim
     return blur(torch.stack(masks)[:, None], 0.7)
 
 
 def line_masks(n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """(n, 1, S, S) thin wavy lines (a random walk with a drifting heading), 0.6 to 1.8 px wide."""
-    yy, xx = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
-                            indexing="ij")
-    masks = []
-    for _ in range(n):
-        steps = int(torch.randint(40, 160, (1,), generator=g))
-        turns = torch.cumsum(torch.randn(steps, generator=g) * 0.15, 0) + float(torch.rand(1, generator=g)) * 2 * math.pi
-        start = (torch.rand(2, generator=g) * 0.6 + 0.2) * size
-        step = size / 160
-        points = start + torch.cumsum(torch.stack([torch.sin(turns), torch.cos(turns)], 1) * step, 0)  # (y, x)
-        width = float(_uniform(1, 0.6, 1.8, g))
-        d2 = (yy[..., None] - points[:, 0]) ** 2 + (xx[..., None] - points[:, 1]) ** 2
-        masks.append(torch.exp(-d2.amin(-1) / (2 * width**2)))
-    return torch.stack(masks)[:, None]
+    """(n, 1, S, S) thin wavy lines: a random walk with a drifting heading, drawn point by point
+    (half-pixel steps), 1 or 3 px wide, softened."""
+    steps = int(torch.randint(size // 2, 2 * size, (1,), generator=g))
+    turns = torch.cumsum(torch.randn(n, steps, generator=g) * 0.08, 1) + torch.rand(n, 1, generator=g) * 2 * math.pi
+    start = (torch.rand(n, 1, 2, generator=g) * 0.6 + 0.2) * size
+    points = start + 0.5 * torch.cumsum(torch.stack([torch.sin(turns), torch.cos(turns)], 2), 1)  # (n, steps, y x)
+    inside = ((points >= 0) & (points <= size - 1)).all(2)
+    ys, xs = points[..., 0].round().long().clamp(0, size - 1), points[..., 1].round().long().clamp(0, size - 1)
+    canvas = torch.zeros(n, size * size)
+    canvas.scatter_(1, ys * size + xs, inside.float())
+    canvas = canvas.view(n, 1, size, size)
+    wide = torch.rand(n, generator=g) < 0.5
+    canvas = torch.where(wide[:, None, None, None], F.max_pool2d(canvas, 3, 1, 1), canvas)
+    return blur(canvas, 0.5).clamp(0, 1) / blur(torch.ones(1, 1, 5, 5), 0.5)[0, 0, 2, 2]
 
 
 def paste_defects(x: torch.Tensor, g: torch.Generator) -> Pasted:

@@ -148,7 +148,8 @@ def _signature(model: nn.Module, example: torch.Tensor) -> ModelSignature:
     with torch.inference_mode():
         outputs = ModelOutput.of(model(example))
     return ModelSignature(inputs=Schema([spec(example)]),
-                          outputs=Schema([spec(t, name) for name, t in zip(ModelOutput._fields, outputs)]))
+                          outputs=Schema([spec(t, name) for name, t in zip(ModelOutput._fields, outputs)
+                                          if t is not None]))
 
 
 def log_model(model: nn.Module, example: torch.Tensor, cfg: PanelConfig) -> str:
@@ -195,7 +196,7 @@ def load_run_json(run_id: str, artifact: str) -> dict[str, Any]:
 
 
 def load_config(model_name: str, version: str) -> PanelConfig:
-    return PanelConfig.from_dict(load_run_json(version_run_id(model_name, version), CONFIG_ARTIFACT))
+    return PanelConfig.from_stored(load_run_json(version_run_id(model_name, version), CONFIG_ARTIFACT))
 
 
 def load_calibration(model_name: str, version: str) -> Calibration:

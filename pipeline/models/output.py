@@ -16,11 +16,12 @@ class ModelOutput(NamedTuple):
     latent_score: torch.Tensor  # (B,) KL per image (VAE) or farthest encoder vector from its code (VQ)
     error_ref: torch.Tensor  # (B, 1, S, S) mean squared error of clean crops per pixel
     family: torch.Tensor  # (B,) int64 index of the family model that scored the image; 0 without families
+    anomaly_map: torch.Tensor | None = None  # (B, 1, S, S) defect probability from a defect head; None without
 
     @classmethod
     def of(cls, outputs: Sequence[torch.Tensor]) -> "ModelOutput":
-        """Any model's outputs, named: ours, the registry copy's plain tuple, or a version registered
-        before families (three outputs: every image is family 0)."""
+        """Any model's outputs, named: ours, the registry copy's plain tuple (4 tensors, 5 with a
+        defect head), or a version registered before families (three: every image is family 0)."""
         if isinstance(outputs, cls):
             return outputs
         if len(outputs) == 3:
@@ -30,15 +31,15 @@ class ModelOutput(NamedTuple):
 
 
 class AsTuple(nn.Module):
-    """The exported form of a model: the same outputs as a plain tuple in ModelOutput's field order
-    (torch.export serialises a NamedTuple output only through a private registry)."""
+    """The exported form of a model: the same outputs as a plain tuple in ModelOutput's field order,
+    absent ones left out (torch.export serialises a NamedTuple output only through a private registry)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.model(x))
+        return tuple(t for t in self.model(x) if t is not None)
 
 
 def single_family(x: torch.Tensor) -> torch.Tensor:

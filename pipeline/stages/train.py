@@ -12,6 +12,7 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import PanelConfig
+from pipeline.defect_head import with_head
 from pipeline.families import train_models
 from pipeline.files import atomic_write_text
 from pipeline.images import to_float
@@ -73,9 +74,11 @@ def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True, resume: 
         results = list(trained.results.values())
         seconds, best_epoch = sum(r.seconds for r in results), max(r.best_epoch for r in results)
         resumed_from = min(r.resumed_from for r in results)
-        tracking.log_training(best_epoch, seconds, results[0].device, any(r.stopped_early for r in results), resumed_from)
         tracking.log_families(trained.classifier)
-        version = tracking.log_model(trained.model, to_float(val_x[:2]), cfg)
+        model, head_seconds = with_head(trained.model, train_x, cfg, progress, on_step=tracking.log_epoch)
+        tracking.log_training(best_epoch, seconds + head_seconds, results[0].device,
+                              any(r.stopped_early for r in results), resumed_from)
+        version = tracking.log_model(model, to_float(val_x[:2]), cfg)
     for family in trained.results:  # registered: nothing left to resume
         checkpoint_path(workdir, cfg, family).unlink(missing_ok=True)
     collapsed = [f"{family or 'model'}: {r.latent.warning}" for family, r in trained.results.items() if r.collapsed]

@@ -1,0 +1,59 @@
+"""The defect head: it learns where pasted defects are, and travels with the model to the registry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline import tracking
+from pipeline.defect_head import WithHead, focal_loss, train_head
+from pipeline.scoring import HEAD_SCORES, score_crops, score_names
+from pipeline.selfcheck import pasted_copies, synthetic_check
+from pipeline.train import train_model
+from tests.conftest import small_config
+
+
+def _striped_panels(n: int, size: int = 64) -> torch.Tensor:
+    """A brushed-metal-like surface: fine stripes at a random phase, a little noise."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(size, dtype=torch.float32)
+    phase = torch.rand(n, 1, 1, 1, generator=g) * 6.28
+    stripes = 0.5 + 0.2 * torch.sin(x[None, None, :, None] * 0.9 + phase) + 0.03 * torch.randn(n, 1, size, size, generator=g)
+    return (stripes.expand(n, 1, size, size).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def test_focal_loss_discounts_what_is_already_right():
+    target = torch.tensor([[1.0, 0.0]])
+    confident, unsure = torch.tensor([[4.0, -4.0]]), torch.tensor([[0.5, -0.5]])
+    assert focal_loss(confident, target) < 0.01 * focal_loss(unsure, target)
+    assert focal_loss(unsure, target) < torch.nn.functional.binary_cross_entropy_with_logits(unsure, target)
+
+
+@pytest.fixture(scope="module")
+def headed():
+    data = _striped_panels(160)
+    cfg = small_config(epochs=2, select_by="recon").replace("model", head_steps=200, head_width=8, head_lr=3e-3)
+    model = train_model(data[:96], data[96:128], cfg, progress=False).model
+    with_head, seconds = train_head(model, data[:96], cfg, progress=False)
+    return with_head, data[128:], cfg, seconds
+
+
+def test_the_head_finds_pasted_defects_the_reconstruction_error_misses(headed):
+    model, held_out, cfg, seconds = headed
+    aucs = synthetic_check(model, held_out, pasted_copies(held_out, seed=5), cfg)
+    assert set(HEAD_SCORES) <= set(aucs) and seconds > 0
+    assert aucs["head_blur_max"] > 0.8 and aucs["head_blur_max"] > aucs["mse"] + 0.1
+
+
+def test_a_model_with_a_head_scores_the_same_from_the_registry(headed):
+    model, held_out, cfg, _ = headed
+    assert isinstance(model, WithHead)
+    tracking.configure(cfg.tracking)
+    with tracking.train_run(cfg, "data", 96, 32):
+        version = tracking.log_model(model, held_out[:2].float() / 255, cfg)
+    loaded = tracking.load_model(cfg.tracking.model_name, version)
+    before, after = score_crops(model, held_out, cfg.score, cfg.model), score_crops(loaded, held_out, cfg.score, cfg.model)
+    assert set(before.scores) == set(score_names("convvae", head=True)) - {"dark_norm_mean"}
+    for name in before.scores:
+        assert after.scores[name] == pytest.approx(before.scores[name], rel=1e-4, abs=1e-6), name
+    assert torch.allclose(after.heatmaps, before.heatmaps, atol=1e-5)
