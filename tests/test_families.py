@@ -47,7 +47,8 @@ def test_classifier_learns_families_and_the_router_uses_each_familys_model():
     router = FamilyModels(models, classifier.mean, classifier.scale, classifier.weight, classifier.bias).eval()
     x = val.float() / 255.0
     with torch.inference_mode():
-        recon, latent, ref, family = router(x)
+        out = router(x)
+        recon, latent, ref, family = out.recon, out.latent_score, out.error_ref, out.family
         own = [m(x) for m in models]
     assert family.tolist() == [0] * 10 + [1] * 10
     for k in (0, 1):

@@ -28,7 +28,9 @@ def test_kl_agrees_with_monte_carlo_estimate():
 
 def test_convvae_shapes_and_inference_outputs():
     model = ConvVAE(ModelConfig(latent_dim=8, channels=(8, 16)), image_size=32).eval()
-    recon, kl, ref, family = model(torch.rand(3, 1, 32, 32))
+    out = model(torch.rand(3, 1, 32, 32))
+    recon, kl, ref, family = out.recon, out.latent_score, out.error_ref, out.family
+    assert out.anomaly_map is None  # no defect head
     assert recon.shape == (3, 1, 32, 32) and kl.shape == (3,) and ref.shape == (3, 1, 32, 32)
     assert family.tolist() == [0, 0, 0]  # one family
     assert 0 <= recon.min() and recon.max() <= 1 and (kl >= 0).all()

@@ -79,6 +79,7 @@ def test_dead_code_restart_revives_a_codebook_that_starts_dead(update):
 def test_eval_forward_leaves_the_codebook_alone_and_scores_are_distances():
     model = VQVAE(ModelConfig(model_type="vqvae", latent_dim=8, channels=(8, 16), codebook_size=16), image_size=32).eval()
     before = model.quantizer.codebook.clone()
-    recon, dist, ref, _ = model(torch.rand(3, 1, 32, 32))
+    out = model(torch.rand(3, 1, 32, 32))
+    recon, dist, ref = out.recon, out.latent_score, out.error_ref
     assert torch.equal(model.quantizer.codebook, before)
     assert recon.shape == ref.shape == (3, 1, 32, 32) and dist.shape == (3,) and (dist >= 0).all()
