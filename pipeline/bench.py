@@ -151,7 +151,8 @@ def run_dataset(dataset: BenchDataset, workdir: Path, cfg: PanelConfig, model_ty
     base = baseline_scores(split.train, {"test": split.test_x}, cfg.train.seed)
     for name in BASELINES:
         methods[name] = image_metrics(base[name]["test"], split.test, dataset.groups) | {"image_ids": test_ids}
-    names = training_families(pd.Series(split.train_families, dtype=str))
+    clean_val = split.val.loc[is_clean(split.val), "family"]
+    names = training_families(pd.Series(split.train_families, dtype=str), clean_val.astype(str))
     known = split.test["family"].isin(names).all()
     if names and known:  # the same metadata panelscan's families use, given to the baselines too
         per_family = per_family_baseline_scores(split.train, split.train_families, split.val_x,

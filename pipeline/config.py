@@ -80,7 +80,7 @@ class ModelConfig:
     # pasted synthetic defects after the model; 0 steps: none.
     head_steps: int = option(0, "defect-head training steps after the model (0: no head)")
     head_width: int = 16  # channels of the head's first stage (doubling per stage)
-    head_lr: float = 1e-3
+    head_lr: float = 3e-3  # on a toy surface, 400 steps: pasted-defect AUC .75 at 3e-3 vs .57 at 1e-3
     head_batch: int = 16
 
 

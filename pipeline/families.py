@@ -40,12 +40,15 @@ def family_features(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([F.adaptive_avg_pool2d(x, POOL).flatten(1), F.adaptive_avg_pool2d(texture, TEXTURE_POOL).flatten(1)], 1)
 
 
-def training_families(families: pd.Series) -> tuple[str, ...]:
+def training_families(families: pd.Series, val_families: pd.Series | None = None) -> tuple[str, ...]:
     """The families of the clean training crops, sorted, when each gets a model of its own: two
-    or more, every crop has one and each has at least MIN_FAMILY_CROPS crops. Otherwise () (one
-    shared model, no crop left out)."""
+    or more, every crop has one, each has at least MIN_FAMILY_CROPS crops and (when val_families
+    is given) at least one clean val crop to validate its model on. Otherwise () (one shared
+    model, no crop left out)."""
     counts = families.value_counts()
     if len(counts) < 2 or "" in counts.index or counts.min() < MIN_FAMILY_CROPS:
+        return ()
+    if val_families is not None and not set(counts.index) <= set(val_families):
         return ()
     return tuple(sorted(counts.index))
 
@@ -130,7 +133,7 @@ def train_models(train: torch.Tensor, train_families: np.ndarray, val: torch.Ten
     fit_one(family, clean train crops, clean val crops, config) trains one model. Family models
     run the whole schedule: with a family's smaller set, early stopping on its val recon ended
     the ELPV poly model at epoch 20, where its test ROC-AUC was 0.45; at 40 epochs, 0.81."""
-    names = training_families(pd.Series(train_families, dtype=str))
+    names = training_families(pd.Series(train_families, dtype=str), pd.Series(val_families, dtype=str))
     if not names:
         result = fit_one("", train, val, cfg)
         return Trained(result.model, {"": result}, None)

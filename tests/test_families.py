@@ -33,6 +33,9 @@ def test_training_families_needs_two_complete_families_of_enough_crops():
     assert training_families(pd.Series(["a"] * 60)) == ()  # one family: one shared model
     assert training_families(pd.Series(["a"] * 30 + ["b"] * 5)) == ()  # too few to train a model
     assert training_families(pd.Series(["a"] * 30 + ["b"] * 25 + [""])) == ()  # no crop is left out
+    val = pd.Series(["a", "a", "b"])
+    assert training_families(pd.Series(["a"] * 30 + ["b"] * 25), val) == ("a", "b")
+    assert training_families(pd.Series(["a"] * 30 + ["b"] * 25), val[:2]) == ()  # b's model could not be validated
 
 
 def test_classifier_learns_families_and_the_router_uses_each_familys_model():
