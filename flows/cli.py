@@ -76,6 +76,7 @@ def parser() -> argparse.ArgumentParser:
     _add_config(p)
     p = sub.add_parser("bench", help="quality + speed next to baselines on identical splits (JSON + Markdown)")
     p.add_argument("--quick", action="store_true", help="synthetic set only (no ELPV, no shared sets): minutes on a CPU")
+    p.add_argument("--models", default="convvae,vqvae", help="model types to train, comma-separated (default: %(default)s)")
     p.add_argument("--datasets", default="../shared/datasets",
                    help="folder of real sets (each a raw folder with labels.csv; masks/<set>/masks.csv) (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results")
@@ -128,7 +129,8 @@ def run(args: argparse.Namespace) -> str:
                 f"{cfg.tracking.model_name} v{r.model_version}; {r.n_scored} newly scored, {r.n_skipped} already "
                 f"in the ledger, {r.n_quarantined} quarantined){drift}")
     if args.command == "bench":
-        result = f.bench_flow(args.out, args.quick, args.raw, args.labels, config, args.datasets)
+        result = f.bench_flow(args.out, args.quick, args.raw, args.labels, config, args.datasets,
+                              tuple(args.models.split(",")))
         from pipeline.bench import markdown_table
         return markdown_table(result)
     if args.command == "serve":

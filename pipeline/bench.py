@@ -36,7 +36,7 @@ from pipeline.defect_head import with_head
 from pipeline.families import routing_accuracy, train_models, training_families
 from pipeline.ingest import ingest, prepare_many
 from pipeline.localisation import pixel_roc_auc, read_masks
-from pipeline.models import MODEL_TYPES
+from pipeline.models import MODEL_TYPES, model_class
 from pipeline.scoring import per_image_max, score_crops
 from pipeline.split_scores import score_val_test
 from pipeline.train import train_model
@@ -175,6 +175,8 @@ def machine() -> dict[str, str | int]:
 def run_bench(datasets: list[BenchDataset], root: Path, cfg: PanelConfig,
               model_types: tuple[str, ...] = tuple(MODEL_TYPES), log: Callable[[str], None] = print) -> dict:
     """Every data set in its own fresh workdir under root; the whole result as one JSON-able dict."""
+    for model_type in model_types:  # an unknown type fails now, not after the first data set
+        model_class(model_type)
     start = time.perf_counter()
     results = {d.name: run_dataset(d, Path(root) / d.name, cfg, model_types, log) for d in datasets}
     return {"schema_version": SCHEMA_VERSION, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -246,6 +248,8 @@ def bench_datasets(out: Path, quick: bool, raw: str | None = None, labels: str |
     of the time), and any --raw/--labels folder."""
     from pipeline.synth import generate
 
+    if raw and not Path(raw).is_dir():
+        raise FileNotFoundError(f"{raw}: raw folder does not exist")
     synth = Path(out) / "synth-600"
     if not (synth / "labels.csv").exists():
         generate(synth, n=600, seed=0)
