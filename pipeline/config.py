@@ -44,6 +44,10 @@ class IngestConfig:
     tile: int = option(0, "cut the panel into overlapping tiles of this many source pixels; an image scores as its "
                           "worst tile (0: no tiling)")
     tile_overlap: float = 0.25  # fraction of a tile shared with its neighbour
+    # Long frames (long side >= this times the short side) are cut into square tiles of the short
+    # side instead of being squashed into a square (a 2.5:1 frame loses a 2 px crack). 0: never.
+    auto_tile_aspect: float = option(0.0, "tile frames at least this elongated into squares of their short side "
+                                          "(0: never)")
     min_side: int = 32  # smaller images are quarantined
     max_pixels: int = 50_000_000  # decompression-bomb guard
     split_seed: int = 0
@@ -191,7 +195,8 @@ class PanelConfig:
 
 
 # Settings added after versions were registered, and what a stored config without them meant.
-ABSENT_MEANT: dict[str, dict[str, Any]] = {"model": {"head_steps": 0}, "train": {"select_by": "recon"}}
+ABSENT_MEANT: dict[str, dict[str, Any]] = {"ingest": {"auto_tile_aspect": 0.0}, "model": {"head_steps": 0},
+                                           "train": {"select_by": "recon"}}
 
 
 def cli_options(section: str) -> Iterator[CliOption]:

@@ -133,6 +133,15 @@ def panel_box(gray: torch.Tensor, mode: str, roi: Box | None = None) -> Box:
     raise ValueError(f"unknown crop mode {mode!r} (expected auto, roi or none)")
 
 
+def tile_side(box: Box, tile: int, auto_aspect: float) -> int:
+    """The tile side for a panel box: tile when set; else, for a box at least auto_aspect times
+    longer than wide (or tall), its short side, so tiles stay square; else 0 (one crop)."""
+    width, height = box[2] - box[0], box[3] - box[1]
+    if tile > 0 or auto_aspect <= 0 or min(width, height) <= 0:
+        return tile
+    return min(width, height) if max(width, height) >= auto_aspect * min(width, height) else 0
+
+
 def tile_boxes(box: Box, tile: int, overlap: float) -> list[Box]:
     """Overlapping tile x tile boxes covering box, row by row; the last row/column is flush with
     the box's far edge so nothing is left out. A box smaller than a tile is one tile (itself)."""

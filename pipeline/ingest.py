@@ -16,8 +16,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipeline.config import IngestConfig
-from pipeline.crop import Box, CropError, crop_resize, panel_box, tile_boxes
+from pipeline.config import ABSENT_MEANT, IngestConfig
+from pipeline.crop import Box, CropError, crop_resize, panel_box, tile_boxes, tile_side
 from pipeline.files import atomic_write_csv, atomic_write_text, sha256_bytes, sha256_file
 from pipeline.images import ImageRejected, decode_file, write_png
 from pipeline.labels import UNLABELLED, load_labels, validate_labels
@@ -71,7 +71,8 @@ def prepare(path: Path, cfg: IngestConfig) -> list[Crop]:
     """Decode, validate and crop one file into its crops (one, or one per tile): the single
     preprocessing path for ingest and scoring."""
     image = decode_file(path, min_side=cfg.min_side, max_pixels=cfg.max_pixels)
-    boxes = tile_boxes(panel_box(image.pixels, cfg.crop, cfg.roi), cfg.tile, cfg.tile_overlap)
+    box = panel_box(image.pixels, cfg.crop, cfg.roi)
+    boxes = tile_boxes(box, tile_side(box, cfg.tile, cfg.auto_tile_aspect), cfg.tile_overlap)
     return [Crop(Path(path), image.sha256, box, crop_resize(image.pixels, box, cfg.image_size)) for box in boxes]
 
 
@@ -156,7 +157,7 @@ class IngestResult:
     notes: tuple[str, ...] = ()  # problems found in the labels file, one clear message each
 
 
-PREPROCESSING_FIELDS = ("crop", "roi", "image_size", "tile", "tile_overlap")  # what makes a crop
+PREPROCESSING_FIELDS = ("crop", "roi", "image_size", "tile", "tile_overlap", "auto_tile_aspect")  # what makes a crop
 
 
 def preprocessing(cfg: IngestConfig) -> dict:
@@ -169,6 +170,7 @@ def check_preprocessing(dirs: WorkDirs, cfg: IngestConfig) -> None:
     if not dirs.preprocessing.exists():
         return
     stored, wanted = json.loads(dirs.preprocessing.read_text()), preprocessing(cfg)
+    stored = ABSENT_MEANT["ingest"] | stored  # recorded before a field existed: what it meant then
     changed = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
     if changed:
         detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())

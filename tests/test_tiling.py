@@ -11,13 +11,34 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import IngestConfig
-from pipeline.crop import tile_boxes
+from pipeline.crop import tile_boxes, tile_side
 from pipeline.ingest import ingest, prepare
 from pipeline.workspace import WorkDirs
 from pipeline.scoring import per_image_max, scaled_scores, score_crops, worst_crop
 from pipeline.stages import calibrate_stage, score_stage, train_stage
 from pipeline.synth import generate
 from tests.conftest import small_config
+
+
+def test_long_frames_are_tiled_in_squares_of_their_short_side():
+    long_frame = (0, 0, 1260, 500)  # a KolektorSDD-like 2.5:1 frame
+    assert tile_side(long_frame, 0, 1.5) == 500 and tile_side((0, 0, 500, 1260), 0, 1.5) == 500
+    assert {(b[2] - b[0], b[3] - b[1]) for b in tile_boxes(long_frame, 500, 0.25)} == {(500, 500)}  # squares
+    assert tile_side((0, 0, 300, 280), 0, 1.5) == 0  # a near-square panel stays one crop
+    assert tile_side(long_frame, 128, 1.5) == 128 and tile_side(long_frame, 0, 0.0) == 0  # explicit tile; off
+
+
+def test_a_workdir_from_before_auto_tiling_takes_more_crops_made_the_same_way(synth_raw: Path, tmp_path: Path):
+    import json
+
+    cfg = IngestConfig(image_size=32)
+    ingest(synth_raw, tmp_path / "w", synth_raw / "labels.csv", cfg)
+    record = WorkDirs(tmp_path / "w").preprocessing
+    old = {k: v for k, v in json.loads(record.read_text()).items() if k != "auto_tile_aspect"}
+    record.write_text(json.dumps(old))  # as written before the setting existed: no auto tiling
+    ingest(synth_raw, tmp_path / "w", synth_raw / "labels.csv", cfg)
+    with pytest.raises(ValueError, match=r"auto_tile_aspect: 0.0 -> 1.5"):
+        ingest(synth_raw, tmp_path / "w", synth_raw / "labels.csv", IngestConfig(image_size=32, auto_tile_aspect=1.5))
 
 
 def test_tiles_cover_the_box_with_overlap_and_flush_edges():
