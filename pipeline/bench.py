@@ -102,10 +102,13 @@ def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset) -> tuple
                             keep_heatmaps=bool(dataset.masks))
     name = select_score(scored.val.scores, scored.val.labels, scored.synthetic)
     val = evaluate(scored.val.scores[name], scored.val.labels)  # the labelled val figure, beside the pasted one
+    candidates = {score: {"val_roc_auc": evaluate(values, scored.val.labels).get("roc_auc", float("nan")),
+                          "val_synthetic_auc": scored.synthetic.get(score, float("nan"))}
+                  for score, values in scored.val.scores.items()}  # what the choice saw, validation only
     metrics = image_metrics(scored.test.crops.scores[name], split.test, dataset.groups) | {
         "score": name, "val_roc_auc": val.get("roc_auc", float("nan")),
         "val_synthetic_auc": scored.synthetic.get(name, float("nan")), "image_ids": dataset_hash(split.test, "source_sha256"),
-        "families": [f for f in trained.results if f]}
+        "families": [f for f in trained.results if f], "candidates": candidates}
     if dataset.masks:
         metrics |= pixel_roc_auc(scored.test.crops.heatmaps, split.test, dataset.masks)
     if trained.classifier is not None:  # clean val crops; test crops, defects included
