@@ -54,7 +54,7 @@ def test_training_keeps_the_epoch_best_at_finding_pasted_defects(monkeypatch):
 
     monkeypatch.setattr(train_module, "synthetic_check", check)
     data = _clean_panels(96)
-    result = train_model(data[:64], data[64:], small_config(epochs=4, min_epochs=4), progress=False)
+    result = train_model(data[:64], data[64:], small_config(epochs=4, min_epochs=4, select_by="synthetic"), progress=False)
     assert [h["val/synthetic_auc"] for h in result.history] == [0.60, 0.90, 0.70, 0.55]
     assert result.history[3]["val/recon"] < result.history[1]["val/recon"]  # recon alone would keep epoch 4
     assert result.best_epoch == 2 and torch.equal(result.model.encoder[0][0].weight, weights[1])
