@@ -7,22 +7,18 @@ It reports through a callback (epoch, metrics) so this module never imports Pref
 from __future__ import annotations
 
 import copy
-import hashlib
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 from tqdm.auto import tqdm
 
+from pipeline.checkpoint import Checkpointing, read_checkpoint, restore_streams, run_identity, save_checkpoint, stream_states
 from pipeline.config import ModelConfig, PanelConfig, TrainConfig
-from pipeline.files import atomic_write
 from pipeline.images import float_batches, to_float
 from pipeline.models import LatentReport, build_model
 from pipeline.models.blocks import squared_error
@@ -64,15 +60,6 @@ def augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> to
         gain = 1 + (torch.rand(x.shape[0], 1, 1, 1, generator=generator) * 2 - 1) * cfg.brightness
         x = (x * gain.to(x.device)).clamp(0, 1)
     return x
-
-
-@dataclass(frozen=True)
-class Checkpointing:
-    """Where to save the state after every epoch, and whether to continue from it."""
-
-    path: Path
-    resume: bool = False
-    meta: dict[str, str] = field(default_factory=dict)  # caller's notes kept with it (e.g. the MLflow run id)
 
 
 @dataclass
@@ -176,45 +163,6 @@ def _selection(cfg: PanelConfig, train_x: torch.Tensor, val_x: torch.Tensor,
     return check
 
 
-def _identity(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the data and every setting that shapes the run."""
-    digest = hashlib.sha256(train_x.numpy().tobytes() + val_x.numpy().tobytes()).hexdigest()
-    train = {k: v for k, v in cfg.to_dict()["train"].items() if k not in ("device", "num_threads", "loader_workers", "checkpoint")}
-    return {"data_sha256": digest, "image_size": cfg.ingest.image_size, "model": cfg.to_dict()["model"], "train": train}
-
-
-def read_checkpoint(path: Path) -> dict[str, Any] | None:
-    """A saved training state, or None when there is none (weights_only: never unpickles code)."""
-    path = Path(path)
-    if not path.exists():
-        return None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file: say which and why
-        raise ValueError(f"{path}: unreadable checkpoint ({exc}); delete it or run without --resume") from exc
-
-
-def _stream_states(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, order_rng: torch.Generator,
-                   augment_rng: torch.Generator, device: torch.device) -> dict[str, Any]:
-    """Everything that decides the next epoch: weights, optimiser, schedule, every random stream."""
-    return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(), "augment_rng": augment_rng.get_state(),
-            "order_rng": order_rng.get_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if device.type == "cuda" else None}
-
-
-def _restore_streams(saved: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any,
-                     order_rng: torch.Generator, augment_rng: torch.Generator, device: torch.device) -> None:
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    torch.set_rng_state(saved["torch_rng"])
-    augment_rng.set_state(saved["augment_rng"])
-    order_rng.set_state(saved["order_rng"])
-    if device.type == "cuda" and saved.get("cuda_rng") is not None:
-        torch.cuda.set_rng_state_all(saved["cuda_rng"])
-
-
 def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on_epoch: EpochCallback | None = None,
                 progress: bool = True, checkpoint: Checkpointing | None = None, family: str = "") -> TrainResult:
     """Fit a model on clean uint8 crops; early stopping on clean validation reconstruction.
@@ -237,7 +185,7 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
     train_loader = _loader(train_x, tc.batch_size, order_rng, device, tc.loader_workers)
     val_loader = _loader(val_x, tc.batch_size, None, device, tc.loader_workers)
-    identity = _identity(train_x, val_x, cfg) if checkpoint else {}
+    identity = run_identity(train_x, val_x, cfg) if checkpoint else {}
     best, best_state, result, stale = float("inf"), None, TrainResult(model=model, device=str(device)), 0
     select = _selection(cfg, train_x, val_x, device)
     saved = read_checkpoint(checkpoint.path) if checkpoint and checkpoint.resume else None
@@ -245,7 +193,7 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
         if saved["identity"] != identity:
             raise ValueError(f"{checkpoint.path}: checkpoint was written for other data or settings; "
                              "run without --resume to start over")
-        _restore_streams(saved, model, optimizer, scheduler, order_rng, generator, device)
+        restore_streams(saved, model, optimizer, scheduler, order_rng, generator, device)
         best, best_state, stale = saved["best"], saved["best_state"], saved["stale"]
         result.history, result.best_epoch, result.resumed_from = saved["history"], saved["best_epoch"], saved["epoch"]
     start = time.perf_counter()
@@ -277,11 +225,10 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
         else:
             stale += 1
         if checkpoint:
-            # atomic: a crash while saving leaves the previous epoch's checkpoint intact
-            atomic_write(checkpoint.path, partial(torch.save, {
+            save_checkpoint(checkpoint.path, {
                 "identity": identity, "meta": checkpoint.meta, "epoch": epoch, "best": best, "best_state": best_state,
                 "best_epoch": result.best_epoch, "stale": stale, "history": result.history,
-                **_stream_states(model, optimizer, scheduler, order_rng, generator, device)}))
+                **stream_states(model, optimizer, scheduler, order_rng, generator, device)})
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         bar.set_postfix({k.replace("train/", ""): f"{metrics[k]:.4g}"

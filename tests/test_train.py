@@ -3,7 +3,8 @@ import torch
 
 from pipeline.config import ModelConfig
 from pipeline.models import free_bits_kl
-from pipeline.train import Checkpointing, beta_at, train_model
+from pipeline.checkpoint import Checkpointing
+from pipeline.train import beta_at, train_model
 from tests.conftest import small_config
 
 

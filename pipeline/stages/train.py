@@ -16,7 +16,8 @@ from pipeline.defect_head import with_head
 from pipeline.families import train_models
 from pipeline.files import atomic_write_text
 from pipeline.images import to_float
-from pipeline.train import Checkpointing, TrainResult, read_checkpoint, train_model
+from pipeline.checkpoint import Checkpointing, read_checkpoint
+from pipeline.train import TrainResult, train_model
 from pipeline.workspace import WorkDirs, dataset_hash, load_crops, load_split
 
 
