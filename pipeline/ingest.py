@@ -174,8 +174,8 @@ def check_preprocessing(dirs: WorkDirs, cfg: IngestConfig) -> None:
     changed = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
     if changed:
         detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        raise ValueError(f"{dirs.root}: its crops were made with other preprocessing ({detail}); "
-                         f"use another --workdir, or delete {dirs.root / 'processed'} to rebuild")
+        raise ValueError(f"{dirs.root}: its crops were made with other preprocessing ({detail}); use another "
+                         f"--workdir, set them back (options or --config), or delete {dirs.root / 'processed'} to rebuild")
 
 
 def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig,
