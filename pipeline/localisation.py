@@ -3,7 +3,9 @@
 Measured in crop coordinates: each test crop's mask is cut from its image's mask with the crop's
 box and resized like the crop, so pixels outside every crop (background the panel crop dropped)
 do not count, and a pixel under two overlapping tiles counts twice. Clean test images count with
-empty masks; defect images without a mask file are left out (their pixels are unknown).
+empty masks; defect images without a mask file are left out (their pixels are unknown). A mask
+that marks more than half of its image is read as inverted (defect black on white: PIPED's are):
+a defect is the small part of a panel.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ def crop_masks(rows: pd.DataFrame, masks: dict[str, Path], size: int) -> tuple[t
     for i, row in enumerate(rows.itertuples()):
         if row.source_path in masks:
             if row.source_path not in cache:
-                cache[row.source_path] = decode_image(read_file(str(masks[row.source_path])), mode=ImageReadMode.GRAY)
+                mask = decode_image(read_file(str(masks[row.source_path])), mode=ImageReadMode.GRAY)
+                cache[row.source_path] = 255 - mask if (mask > 127).float().mean() > 0.5 else mask
             box = tuple(int(v) for v in row.bbox.split(","))
             out[i] = crop_resize(cache[row.source_path], box, size)[0].float() / 255.0
             known[i] = True

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from PIL import Image
 
 from pipeline.bench import BASELINES, BenchDataset, markdown_table, run_bench, shared_datasets
@@ -86,3 +87,20 @@ def test_shared_sets_are_found_with_their_masks(tmp_path: Path):
     found = shared_datasets(tmp_path)
     assert [d.name for d in found] == ["boards"] and found[0].masks == {"a/1.png": tmp_path / "masks" / "boards" / "a" / "1.png"}
     assert shared_datasets(tmp_path / "missing") == []
+
+
+def test_pixel_roc_auc_reads_masks_either_way_round(tmp_path: Path):
+    """A map that is high exactly on the defect scores 1 whether the mask marks the defect white on
+    black or (as PIPED's masks do) black on white; clean images count with empty masks."""
+    from pipeline.localisation import pixel_roc_auc
+
+    truth = np.zeros((64, 64), dtype=np.uint8)
+    truth[20:30, 10:40] = 255
+    Image.fromarray(truth).save(tmp_path / "white.png")
+    Image.fromarray(255 - truth).save(tmp_path / "black.png")
+    rows = pd.DataFrame({"source_path": ["a.png", "b.png", "c.png"], "source_sha256": ["a", "b", "c"],
+                         "bbox": ["0,0,64,64"] * 3, "label": ["crack", "crack", "ok"]})
+    heat = torch.zeros(3, 64, 64)
+    heat[:2, 20:30, 10:40] = 1.0
+    result = pixel_roc_auc(heat, rows, {"a.png": tmp_path / "white.png", "b.png": tmp_path / "black.png"})
+    assert result["pixel_roc_auc"] == 1.0 and result["pixel_images"] == 3
