@@ -8,9 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import typing
 from pathlib import Path
 
-from pipeline.config import PanelConfig, cli_options
+from pipeline.config import ModelConfig, PanelConfig, cli_options
 
 
 def _add_settings(p: argparse.ArgumentParser, *sections: str) -> None:
@@ -18,6 +19,16 @@ def _add_settings(p: argparse.ArgumentParser, *sections: str) -> None:
     for o in (o for section in sections for o in cli_options(section)):
         p.add_argument(o.flag, dest=f"{o.section}.{o.name}", type=o.type, choices=o.choices,
                        metavar=None if o.choices else o.name.upper(), help=f"{o.help} (default: {o.default})")
+
+
+def _model_types(text: str) -> tuple[str, ...]:
+    """--models: known model types only, so a typo stops at the command line, not mid-benchmark."""
+    known = typing.get_args(typing.get_type_hints(ModelConfig)["model_type"])
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in known]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown model type(s) {unknown or [text]}; choose from {', '.join(known)}")
+    return names
 
 
 def _add_config(p: argparse.ArgumentParser) -> None:
@@ -76,7 +87,8 @@ def parser() -> argparse.ArgumentParser:
     _add_config(p)
     p = sub.add_parser("bench", help="quality + speed next to baselines on identical splits (JSON + Markdown)")
     p.add_argument("--quick", action="store_true", help="synthetic set only (no ELPV, no shared sets): minutes on a CPU")
-    p.add_argument("--models", default="convvae,vqvae", help="model types to train, comma-separated (default: %(default)s)")
+    p.add_argument("--models", default="convvae,vqvae", type=_model_types,
+                   help="model types to train, comma-separated (default: %(default)s)")
     p.add_argument("--datasets", default="../shared/datasets",
                    help="folder of real sets (each a raw folder with labels.csv; masks/<set>/masks.csv) (default: %(default)s)")
     p.add_argument("--out", default="benchmarks/results")
@@ -129,8 +141,7 @@ def run(args: argparse.Namespace) -> str:
                 f"{cfg.tracking.model_name} v{r.model_version}; {r.n_scored} newly scored, {r.n_skipped} already "
                 f"in the ledger, {r.n_quarantined} quarantined){drift}")
     if args.command == "bench":
-        result = f.bench_flow(args.out, args.quick, args.raw, args.labels, config, args.datasets,
-                              tuple(args.models.split(",")))
+        result = f.bench_flow(args.out, args.quick, args.raw, args.labels, config, args.datasets, args.models)
         from pipeline.bench import markdown_table
         return markdown_table(result)
     if args.command == "serve":

@@ -51,6 +51,11 @@ class ScoredBatch:
     heatmaps: torch.Tensor  # (N, S, S) float, blurred squared error
     family: np.ndarray  # (N,) index of the family (model) that scored each crop; 0 without families
 
+    def take(self, pick: np.ndarray) -> "ScoredBatch":
+        """The crops where pick (bool, (N,)) is true; heatmaps too when they were kept."""
+        heatmaps = self.heatmaps[torch.from_numpy(pick)] if len(self.heatmaps) else self.heatmaps
+        return ScoredBatch({name: values[pick] for name, values in self.scores.items()}, heatmaps, self.family[pick])
+
 
 def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of (B, C, H, W) maps with reflected borders, as torchvision's gaussian_blur,

@@ -22,7 +22,7 @@ from torch.nn import functional as F
 
 from pipeline.config import PanelConfig
 from pipeline.images import to_float, to_uint8
-from pipeline.scoring import blur, fit_score_scale, scaled_scores, score_crops
+from pipeline.scoring import ScoredBatch, blur, fit_score_scale, scaled_scores, score_crops
 
 BLOB_FILLS = ("texture", "grey", "shade", "noise")
 
@@ -97,13 +97,17 @@ def pasted_copies(clean: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return to_uint8(paste_defects(to_float(clean), torch.Generator().manual_seed(seed)).images)
 
 
-def synthetic_check(model: nn.Module, clean: torch.Tensor, pasted: torch.Tensor, cfg: PanelConfig) -> dict[str, float]:
+def synthetic_check(model: nn.Module, clean: torch.Tensor, pasted: torch.Tensor, cfg: PanelConfig,
+                    clean_scored: ScoredBatch | None = None) -> dict[str, float]:
     """Every candidate score's ROC-AUC at telling clean uint8 crops from their pasted copies
-    (scores scaled as calibration scales them). {} without crops."""
+    (scores scaled as calibration scales them). clean_scored: the clean crops' scores when the
+    caller has them already (only the copies are scored then). {} without crops."""
     if len(clean) == 0:
         return {}
-    scored = score_crops(model, torch.cat([clean, pasted]), cfg.score, cfg.model, keep_heatmaps=False)
+    clean_scored = clean_scored or score_crops(model, clean, cfg.score, cfg.model, keep_heatmaps=False)
+    copies = score_crops(model, pasted, cfg.score, cfg.model, keep_heatmaps=False)
+    family = np.r_[clean_scored.family, copies.family]
+    raw = {name: np.r_[clean_scored.scores[name], copies.scores[name]] for name in copies.scores}
     truth = np.r_[np.zeros(len(clean)), np.ones(len(pasted))]
-    scale = fit_score_scale(scored.scores, scored.family, truth == 0, int(scored.family.max()) + 1)
-    scores = scaled_scores(scored.scores, scored.family, scale)
+    scores = scaled_scores(raw, family, fit_score_scale(raw, family, truth == 0, int(family.max()) + 1))
     return {name: float(roc_auc_score(truth, values)) for name, values in scores.items()}

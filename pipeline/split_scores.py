@@ -65,5 +65,5 @@ def score_val_test(model: nn.Module, val_rows: pd.DataFrame, val_x: torch.Tensor
     scale = fit_score_scale(val.scores, val.family, clean, max(1, n_families))
     test = score_split(model, test_rows, test_x, cfg, scale, keep_heatmaps)
     clean_x = val_x[torch.from_numpy(clean.copy())]
-    synthetic = synthetic_check(model, clean_x, pasted_copies(clean_x, cfg.train.seed), cfg)
+    synthetic = synthetic_check(model, clean_x, pasted_copies(clean_x, cfg.train.seed), cfg, val.take(clean))
     return ValTest(per_image(val, val_rows, scale), test, scale, synthetic)

@@ -31,3 +31,13 @@ def test_model_family_and_training_options_reach_the_config():
     assert (cfg.model.model_type, cfg.model.codebook_size, cfg.model.codebook_update, cfg.model.recon_loss) == (
         "vqvae", 64, "loss", "bce")
     assert cfg.train.loader_workers == 2 and args.resume is True and cfg.tracking.model_name == "panel-anomaly-elpv"
+
+
+def test_bench_model_types_are_checked_at_the_command_line(capsys):
+    import pytest
+
+    assert parser().parse_args(["bench", "--models", "vqvae"]).models == ("vqvae",)
+    assert parser().parse_args(["bench"]).models == ("convvae", "vqvae")
+    with pytest.raises(SystemExit):
+        parser().parse_args(["bench", "--models", "convae"])
+    assert "unknown model type(s) ['convae']; choose from convvae, vqvae" in capsys.readouterr().err
