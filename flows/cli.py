@@ -6,12 +6,14 @@ Exit code is non-zero on failure, with a one-line reason on stderr.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import typing
 from pathlib import Path
 
 from pipeline.config import ModelConfig, PanelConfig, cli_options
+from pipeline.errors import ENVIRONMENT_ERRNOS, UserError, is_user_error, one_line
 
 
 def _add_settings(p: argparse.ArgumentParser, *sections: str) -> None:
@@ -110,9 +112,40 @@ def build_config(args: argparse.Namespace) -> PanelConfig:
     return cfg
 
 
+class _UserErrorsInOneLine(logging.Filter):
+    """Prefect logs a failed task's traceback and 'Finished in state Failed(...)' lines. For a
+    user's mistake the command line prints one line instead, so those records stay off the
+    console (Prefect's own run log keeps them); any other error keeps its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and is_user_error(record.exc_info[1]):
+            return False
+        message = record.getMessage()
+        return not ("Failed" in message or "exception" in message) or not any(m in message for m in _user_error_marks())
+
+
+def _user_error_marks() -> tuple[str, ...]:
+    """How Prefect's state messages name a user error: 'LabelsError: ...', 'UserError(...)', '[Errno 28]'."""
+    classes, todo = [], [UserError]
+    while todo:
+        cls = todo.pop()
+        classes.append(cls)
+        todo += cls.__subclasses__()
+    return (*(f"{c.__name__}{end}" for c in classes for end in (": ", "(")),
+            *(f"[Errno {n}]" for n in ENVIRONMENT_ERRNOS))
+
+
+def _quiet_console() -> None:
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _UserErrorsInOneLine) for f in handler.filters):
+            handler.addFilter(_UserErrorsInOneLine())
+
+
 def run(args: argparse.Namespace) -> str:
     """Run the flow for args.command; returns the line to print."""
     from flows import stages as f  # Prefect import is slow: only after argument parsing
+
+    _quiet_console()
 
     if args.command == "synth":
         return f"synthetic panels written to {f.synth_flow(args.out, args.n, args.seed)}"
@@ -165,14 +198,15 @@ def _calibration_line(r) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline sites: no telemetry ERROR line
     try:
         print(run(args))
     except KeyboardInterrupt:
         print("panelscan: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # one line for the operator; Prefect has logged the traceback
-        print(f"panelscan {args.command}: error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
-        return 1
+    except Exception as exc:  # one line for the operator; for anything but a user error Prefect logged the traceback
+        print(f"panelscan {args.command}: error: {one_line(exc)}", file=sys.stderr)
+        return 2 if is_user_error(exc) else 1
     return 0
 
 

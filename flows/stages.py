@@ -14,9 +14,10 @@ from prefect.states import Completed
 from tqdm.auto import tqdm
 
 from pipeline import stages
-from pipeline.config import PanelConfig
 from pipeline.bench import bench_datasets, markdown_table, run_bench
+from pipeline.config import PanelConfig
 from pipeline.datasets.elpv import write_elpv
+from pipeline.errors import is_user_error
 from pipeline.files import atomic_write_text
 from pipeline.inbox import arrived_on, previous_day
 from pipeline.ingest import IngestResult, ingest
@@ -25,6 +26,11 @@ from pipeline.synth import generate
 
 def _config(config: dict | None) -> PanelConfig:
     return PanelConfig.from_dict(config or {})
+
+
+def _worth_retrying(task, task_run, state: State) -> bool:
+    """Retry outages and flukes, not a user's mistake: the same labels file fails the same way."""
+    return not is_user_error(state.data if isinstance(state.data, BaseException) else None)
 
 
 class _Bar:
@@ -41,9 +47,10 @@ class _Bar:
             self.bar.close()
 
 
-@task(retries=2, retry_delay_seconds=2)
+@task(retries=2, retry_delay_seconds=2, retry_condition_fn=_worth_retrying)
 def ingest_task(raw: str, workdir: str, labels: str | None, config: dict | None) -> IngestResult:
-    return ingest(Path(raw), Path(workdir), Path(labels) if labels else None, _config(config).ingest, _Bar("ingest"))
+    return ingest(Path(raw), Path(workdir), Path(labels) if labels else None, _config(config).ingest, _Bar("ingest"),
+                  on_wait=get_run_logger().info)
 
 
 @task
@@ -51,26 +58,26 @@ def train_task(workdir: str, config: dict | None, resume: bool) -> stages.TrainO
     return stages.train_stage(Path(workdir), _config(config), resume=resume)
 
 
-@task(retries=1, retry_delay_seconds=2)
+@task(retries=1, retry_delay_seconds=2, retry_condition_fn=_worth_retrying)
 def calibrate_task(workdir: str, config: dict | None, model_version: str | None, rule: str | None
                    ) -> stages.CalibrateOutcome:
     return stages.calibrate_stage(Path(workdir), _config(config), model_version, rule)
 
 
-@task(retries=3, retry_delay_seconds=5)
+@task(retries=3, retry_delay_seconds=5, retry_condition_fn=_worth_retrying)
 def find_arrivals_task(inbox: str, day: str, timezone: str) -> tuple[str, list[str]]:
     folder, paths = arrived_on(Path(inbox), date.fromisoformat(day), timezone)
     return str(folder), [str(p) for p in paths]
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_worth_retrying)
 def plan_task(raw: str, workdir: str, config: dict | None, model_ref: str, day: str | None,
               paths: list[str] | None) -> stages.ScoringPlan:
     return stages.plan_scoring(Path(raw), Path(workdir), _config(config), model_ref,
                                date.fromisoformat(day) if day else None, [Path(p) for p in paths] if paths is not None else None)
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_worth_retrying)
 def score_shard_task(plan: stages.ScoringPlan, paths: list[str], workdir: str, config: dict | None,
                      out: str | None, show_progress: bool) -> stages.ShardResult:
     """A retry resumes: the ledger already holds the batches scored before a failure."""
@@ -78,7 +85,7 @@ def score_shard_task(plan: stages.ScoringPlan, paths: list[str], workdir: str, c
                               _Bar("score") if show_progress else None)
 
 
-@task(retries=2, retry_delay_seconds=5)
+@task(retries=2, retry_delay_seconds=5, retry_condition_fn=_worth_retrying)
 def finish_task(plan: stages.ScoringPlan, shards: list[stages.ShardResult], workdir: str, config: dict | None,
                 out: str | None, seconds: float) -> stages.ScoreOutcome:
     return stages.finish_scoring(plan, shards, Path(workdir), _config(config), Path(out) if out else None, seconds)
@@ -87,14 +94,15 @@ def finish_task(plan: stages.ScoringPlan, shards: list[stages.ShardResult], work
 def _score_in_shards(raw: str, workdir: str, config: dict | None, model_ref: str, out: str | None,
                      day: str | None, paths: list[str] | None, shards: int) -> stages.ScoreOutcome:
     """Plan once (version pinned), score the shards through the flow's task runner (threads, or a
-    Dask cluster), then rebuild the report from the ledger."""
-    start = time.perf_counter()
-    plan = plan_task(raw, workdir, config, model_ref, day, paths)
-    parts = [plan.todo[i::shards] for i in range(max(1, shards))]
-    futures = [score_shard_task.submit(plan, part, workdir, config, out, shards == 1) for part in parts if part]
-    results = [future.result() for future in futures]
-    outcome = finish_task(plan, results, workdir, config, out, time.perf_counter() - start)
+    Dask cluster), then rebuild the report from the ledger; the workdir is locked throughout."""
     logger = get_run_logger()
+    with stages.scoring_lock(Path(workdir), on_wait=logger.info):
+        start = time.perf_counter()
+        plan = plan_task(raw, workdir, config, model_ref, day, paths)
+        parts = [plan.todo[i::shards] for i in range(max(1, shards))]
+        futures = [score_shard_task.submit(plan, part, workdir, config, out, shards == 1) for part in parts if part]
+        results = [future.result() for future in futures]
+        outcome = finish_task(plan, results, workdir, config, out, time.perf_counter() - start)
     logger.info("scored %d new images with v%s (%d already in the ledger, %d quarantined, %.1f images/s); "
                 "report %s: %d of %d images flagged", outcome.n_scored, outcome.model_version, outcome.n_skipped,
                 outcome.n_quarantined, outcome.images_per_s, outcome.report_dir, outcome.n_flagged, outcome.n_report)

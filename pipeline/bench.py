@@ -33,6 +33,7 @@ from pipeline.baselines import BASELINES, baseline_scores, per_family_baseline_s
 from pipeline.calibrate import evaluate, roc_auc_ci, select_score
 from pipeline.config import PanelConfig
 from pipeline.defect_head import with_head
+from pipeline.errors import UserError
 from pipeline.families import routing_accuracy, train_models, training_families
 from pipeline.ingest import ingest, prepare_many
 from pipeline.localisation import pixel_roc_auc, read_masks
@@ -252,7 +253,7 @@ def bench_datasets(out: Path, quick: bool, raw: str | None = None, labels: str |
     from pipeline.synth import generate
 
     if raw and not Path(raw).is_dir():
-        raise FileNotFoundError(f"{raw}: raw folder does not exist")
+        raise UserError(f"{raw}: raw folder does not exist")
     synth = Path(out) / "synth-600"
     if not (synth / "labels.csv").exists():
         generate(synth, n=600, seed=0)

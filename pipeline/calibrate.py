@@ -10,6 +10,7 @@ import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from pipeline.drift import reference_quantiles
+from pipeline.errors import UserError
 from pipeline.labels import OK, is_defect
 
 
@@ -55,11 +56,11 @@ def choose_threshold(scores: np.ndarray, labels: np.ndarray, rule: str = "max-f1
     if kind == "fixed":
         return ThresholdChoice(float(value), rule)
     if kind not in ("max-f1", "fpr", "recall"):
-        raise ValueError(f"unknown threshold rule {rule!r}: use max-f1, fpr:<x>, recall:<x> or fixed:<value>")
+        raise UserError(f"unknown threshold rule {rule!r}: use max-f1, fpr:<x>, recall:<x> or fixed:<value>")
     if y.all() or not y.any():
         clean = scores[~y]
         if clean.size == 0:
-            raise ValueError("cannot choose a threshold: validation has no clean images")
+            raise UserError("cannot choose a threshold: validation has no clean images")
         note = (f"validation has no defect labels: threshold is the {fallback_quantile:.3g} quantile "
                 f"of {clean.size} clean validation scores, not rule {rule!r}")
         warnings.warn(note, stacklevel=2)

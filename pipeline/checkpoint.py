@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pipeline.config import PanelConfig
+from pipeline.errors import UserError
 from pipeline.files import atomic_write
 
 
@@ -41,7 +42,7 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which and why
-        raise ValueError(f"{path}: unreadable checkpoint ({exc}); delete it or run without --resume") from exc
+        raise UserError(f"{path}: unreadable checkpoint ({exc}); delete it or run without --resume") from exc
 
 
 def stream_states(model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, order_rng: torch.Generator,

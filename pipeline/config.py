@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pipeline.errors import UserError
+
 CropMode = Literal["auto", "roi", "none"]
 
 
@@ -174,7 +176,7 @@ class PanelConfig:
                     values[f.name] = tuple(values[f.name])
             unknown = set(values) - {f.name for f in dataclasses.fields(section_cls)}
             if unknown:
-                raise ValueError(f"unknown config keys in [{name}]: {sorted(unknown)}")
+                raise UserError(f"unknown config keys in [{name}]: {sorted(unknown)}")
             kwargs[name] = section_cls(**values)
         return cls(**kwargs)
 
@@ -195,7 +197,7 @@ class PanelConfig:
         try:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as exc:
-            raise ValueError(f"{path}: invalid config: {exc}") from exc
+            raise UserError(f"{path}: invalid config: {exc}") from exc
 
 
 # Settings added after versions were registered, and what a stored config without them meant.

@@ -7,6 +7,8 @@ import torch
 from scipy import ndimage
 from torchvision.transforms.v2 import functional as TF
 
+from pipeline.errors import UserError
+
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive), source pixel coordinates
 
 
@@ -130,7 +132,7 @@ def panel_box(gray: torch.Tensor, mode: str, roi: Box | None = None) -> Box:
             # or an empty frame. Both are for an inspector to see, so score the whole frame
             # rather than quarantine it (ELPV: all 8 such cells are labelled defective, p = 1).
             return 0, 0, width, height
-    raise ValueError(f"unknown crop mode {mode!r} (expected auto, roi or none)")
+    raise UserError(f"unknown crop mode {mode!r} (expected auto, roi or none)")
 
 
 def tile_side(box: Box, tile: int, auto_aspect: float) -> int:
@@ -148,7 +150,7 @@ def tile_boxes(box: Box, tile: int, overlap: float) -> list[Box]:
     if tile <= 0:
         return [box]
     if not 0 <= overlap < 1:
-        raise ValueError(f"tile_overlap must be in [0, 1), got {overlap}")
+        raise UserError(f"tile_overlap must be in [0, 1), got {overlap}")
     x0, y0, x1, y1 = box
     return [(x, y, min(x + tile, x1), min(y + tile, y1))
             for y in _tile_starts(y0, y1, tile, overlap) for x in _tile_starts(x0, x1, tile, overlap)]

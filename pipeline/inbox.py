@@ -7,13 +7,15 @@ from datetime import date, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from pipeline.errors import UserError
+
 
 def arrived_on(inbox: Path, day: date, timezone: str = "UTC") -> tuple[Path, list[Path]]:
     """(the folder to score, the files in it that arrived for day). The folder is the day's own
     folder when there is one, else the inbox (then only files modified on that day count)."""
     inbox = Path(inbox)
     if not inbox.is_dir():
-        raise FileNotFoundError(f"{inbox}: inbox folder does not exist")
+        raise UserError(f"{inbox}: inbox folder does not exist")
     day_folder = inbox / day.isoformat()
     if day_folder.is_dir():
         return day_folder, sorted(p for p in day_folder.rglob("*") if p.is_file())

@@ -18,9 +18,11 @@ import torch
 
 from pipeline.config import ABSENT_MEANT, IngestConfig
 from pipeline.crop import Box, CropError, crop_resize, panel_box, tile_boxes, tile_side
+from pipeline.errors import UserError
 from pipeline.files import atomic_write_csv, atomic_write_text, sha256_bytes, sha256_file
 from pipeline.images import ImageRejected, decode_file, write_png
 from pipeline.labels import UNLABELLED, load_labels, validate_labels
+from pipeline.locks import workdir_lock
 from pipeline.workspace import MANIFEST_COLUMNS, WorkDirs, read_table, with_splits
 
 QUARANTINE_COLUMNS = ["path", "sha256", "reason", "detected_at"]
@@ -53,7 +55,7 @@ def list_inputs(raw: Path, cfg: IngestConfig) -> tuple[list[Path], list[Rejected
     that lead outside raw are rejected (a raw folder must not pull in files from elsewhere)."""
     raw = Path(raw)
     if not raw.is_dir():
-        raise FileNotFoundError(f"{raw}: raw folder does not exist")
+        raise UserError(f"{raw}: raw folder does not exist")
     root = raw.resolve()
     paths, rejected = [], []
     for p in sorted(raw.rglob("*")):
@@ -174,14 +176,36 @@ def check_preprocessing(dirs: WorkDirs, cfg: IngestConfig) -> None:
     changed = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
     if changed:
         detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
-        raise ValueError(f"{dirs.root}: its crops were made with other preprocessing ({detail}); use another "
+        raise UserError(f"{dirs.root}: its crops were made with other preprocessing ({detail}); use another "
                          f"--workdir, set them back (options or --config), or delete {dirs.root / 'processed'} to rebuild")
 
 
+def settle_duplicates(paths: list[Path], sha_of: dict[Path, str], labelled: set[str], raw: Path) -> list[Rejected]:
+    """Files with identical bytes: keep one, the labelled copy (the first by path when none or
+    both are labelled), and quarantine the others as its duplicates. Depends only on the files
+    and labels given, so a re-ingest makes the same choice."""
+    by_content: dict[str, list[Path]] = {}
+    for path in paths:
+        if sha_of[path]:  # unreadable files are decoded (and quarantined) with their own reason
+            by_content.setdefault(sha_of[path], []).append(path)
+    rejected = []
+    for sha, copies in by_content.items():
+        keep = min(copies, key=lambda p: (p.relative_to(raw).as_posix() not in labelled, p.relative_to(raw).as_posix()))
+        rejected += [Rejected(p, sha, f"duplicate of {keep.relative_to(raw).as_posix()} (identical bytes)")
+                     for p in copies if p != keep]
+    return rejected
+
+
 def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig,
-           progress: Progress | None = None) -> IngestResult:
-    """Ingest every new file of raw into workdir/processed; safe to re-run (incremental)."""
-    raw, dirs = Path(raw).resolve(), WorkDirs(Path(workdir))
+           progress: Progress | None = None, on_wait: Callable[[str], None] | None = None) -> IngestResult:
+    """Ingest every new file of raw into workdir/processed; safe to re-run (incremental), and to
+    run beside another ingest or scoring of the same workdir (it waits for the workdir's lock)."""
+    with workdir_lock(Path(workdir), "ingest", on_wait=on_wait):
+        return _ingest(Path(raw).resolve(), WorkDirs(Path(workdir)), labels_path, cfg, progress)
+
+
+def _ingest(raw: Path, dirs: WorkDirs, labels_path: Path | None, cfg: IngestConfig,
+            progress: Progress | None) -> IngestResult:
     check_preprocessing(dirs, cfg)
     notes: list[str] = []
     inputs, escaped = list_inputs(raw, cfg)
@@ -189,16 +213,20 @@ def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig
     labels, label_notes = validate_labels(load_labels(labels_path, notes, cfg.family_column), Path(labels_path or ""), raw,
                                           {p.relative_to(raw).as_posix() for p in candidates})
     notes += label_notes
+    sha_of = {p: sha256_file(p) for p in candidates}
+    duplicates = settle_duplicates(candidates, sha_of, set(labels.loc[labels["label"] != UNLABELLED, "path"]), raw)
+    set_aside = {r.path.relative_to(raw).as_posix() for r in duplicates}
     known = relabel(read_table(dirs.manifest, MANIFEST_COLUMNS), labels)
+    known = known[~known["source_path"].isin(set_aside)]  # a copy ingested before its labelled twin arrived
     known_sources = set(zip(known["source_path"], known["source_sha256"]))
-    todo = [p for p in candidates if (p.relative_to(raw).as_posix(), sha256_file(p)) not in known_sources]
+    todo = [p for p in candidates if p.relative_to(raw).as_posix() not in set_aside
+            and (p.relative_to(raw).as_posix(), sha_of[p]) not in known_sources]
     fresh, rejected = prepare_many(todo, cfg, progress, dict(zip(known["source_sha256"], known["source_path"])))
-    rejected = escaped + rejected
+    rejected = escaped + duplicates + rejected
     new_rows = crop_rows(fresh, raw, labels, dirs.crops)
     manifest = with_splits(pd.concat([known, new_rows], ignore_index=True).astype(str), cfg)
     atomic_write_csv(dirs.manifest, manifest)
     atomic_write_text(dirs.preprocessing, json.dumps(preprocessing(cfg), indent=2))
     record_quarantine(dirs, quarantine_rows(rejected, raw))
-    return IngestResult(dirs.manifest, len(fresh), len(candidates) - len(todo), len(rejected),
+    return IngestResult(dirs.manifest, len(fresh), len(candidates) - len(todo) - len(duplicates), len(rejected),
                         manifest["split"].value_counts().to_dict(), tuple(notes))
-

@@ -15,6 +15,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from pipeline.calibrate import BOOTSTRAP_ROUNDS, CI_LEVEL, Calibration, bootstrap_indices, defect_targets, interval
+from pipeline.errors import UserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 
@@ -39,7 +40,7 @@ def gate(new_scores: np.ndarray, old_scores: np.ndarray, labels: np.ndarray, rou
     (new AUC - old AUC) lies below zero. Paired: each resample scores the same images with both."""
     new_scores, old_scores, y = np.asarray(new_scores, float), np.asarray(old_scores, float), defect_targets(labels)
     if y.all() or not y.any():
-        raise ValueError("the promotion gate needs clean and defect test images")
+        raise UserError("the promotion gate needs clean and defect test images")
     new_auc, old_auc = roc_auc_score(y, new_scores), roc_auc_score(y, old_scores)
     diffs = [roc_auc_score(y[i], new_scores[i]) - roc_auc_score(y[i], old_scores[i])
              for i in bootstrap_indices(y, rounds, seed)]

@@ -85,15 +85,29 @@ def report_rows(crops: list[Crop], scored: ScoredBatch, calibration: Calibration
     return rows, heatmaps
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what Excel and LibreOffice read as the start of a formula
+
+
+def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
+    """Text cells that a spreadsheet would run as a formula (a file named "=HYPERLINK(...).png")
+    get a leading apostrophe, the OWASP advice for CSV injection; numbers are left as they are."""
+    def neutralise(column: pd.Series) -> pd.Series:
+        if column.dtype != object:
+            return column
+        return column.map(lambda v: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v)
+    return table.apply(neutralise)
+
+
 def write_report(day_dir: Path, rows: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Write day_dir/scores.csv (every image once: the latest row per image path wins) and
-    flagged.csv (flagged only, highest score first), both atomically. Returns (scores, flagged)."""
+    flagged.csv (flagged only, highest score first), both atomically and safe to open in a
+    spreadsheet. Returns (scores, flagged) as they are, for the gallery and drift check."""
     day_dir = Path(day_dir)
     table = pd.DataFrame(rows, columns=REPORT_COLUMNS) if len(rows) else pd.DataFrame(columns=REPORT_COLUMNS)
     table = table[REPORT_COLUMNS].drop_duplicates("image_path", keep="last")
     table["flagged"] = table["flagged"].astype(str).str.lower() == "true"
     table = table.sort_values(["score", "image_path"], ascending=[False, True]).reset_index(drop=True)
     flagged = table[table["flagged"]].reset_index(drop=True)
-    atomic_write_csv(day_dir / "scores.csv", table)
-    atomic_write_csv(day_dir / "flagged.csv", flagged)
+    atomic_write_csv(day_dir / "scores.csv", spreadsheet_safe(table))
+    atomic_write_csv(day_dir / "flagged.csv", spreadsheet_safe(flagged))
     return table, flagged

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from pipeline.config import PanelConfig
-from pipeline.selfcheck import pasted_copies, synthetic_check
 from pipeline.scoring import ScoredBatch, fit_score_scale, per_image_max, scaled_scores, score_crops, worst_crop
+from pipeline.selfcheck import pasted_copies, synthetic_check
 from pipeline.workspace import image_labels, is_clean
 
 

@@ -17,16 +17,17 @@ from typing import Any
 import mlflow
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
-from matplotlib.figure import Figure
 from torch import nn
 
 from pipeline.calibrate import Calibration
 from pipeline.config import PanelConfig, TrackingConfig
 from pipeline.drift import DriftCheck
+from pipeline.errors import UserError
 from pipeline.families import FamilyClassifier
 from pipeline.models import AsTuple, LatentReport, ModelOutput, conv_channels
 from pipeline.plots import latent_figure
@@ -181,7 +182,7 @@ def resolve_version(model_name: str, ref: str) -> str:
     try:
         return str(client.get_model_version_by_alias(model_name, ref).version)
     except MlflowException as exc:
-        raise LookupError(f"registered model {model_name!r} has no version with alias {ref!r}: "
+        raise UserError(f"registered model {model_name!r} has no version with alias {ref!r}: "
                           "run `panelscan pipeline` (or train + calibrate) first") from exc
 
 
@@ -203,7 +204,7 @@ def load_calibration(model_name: str, version: str) -> Calibration:
     try:
         data = load_run_json(version_run_id(model_name, version), CALIBRATION_ARTIFACT)
     except (MlflowException, OSError) as exc:
-        raise LookupError(f"{model_name} version {version} has no {CALIBRATION_ARTIFACT}: run `panelscan calibrate`") from exc
+        raise UserError(f"{model_name} version {version} has no {CALIBRATION_ARTIFACT}: run `panelscan calibrate`") from exc
     return Calibration.from_dict(data)
 
 

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from pipeline.checkpoint import Checkpointing, read_checkpoint, restore_streams, run_identity, save_checkpoint, stream_states
 from pipeline.config import ModelConfig, PanelConfig, TrainConfig
+from pipeline.errors import UserError
 from pipeline.images import float_batches, to_float
 from pipeline.models import LatentReport, build_model
 from pipeline.models.blocks import squared_error
@@ -33,7 +34,7 @@ def pick_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda requested but no CUDA device is available")
+        raise UserError("--device cuda requested but no CUDA device is available")
     return torch.device(requested)
 
 
@@ -48,7 +49,7 @@ def beta_at(epoch: int, cfg: ModelConfig) -> float:
     if cfg.beta_schedule == "cyclical":
         position = (epoch - 1) % cfg.beta_cycle_epochs + 1
         return cfg.beta * min(1.0, position / max(1.0, cfg.beta_cycle_epochs / 2))
-    raise ValueError(f"unknown beta_schedule {cfg.beta_schedule!r} (constant, linear or cyclical)")
+    raise UserError(f"unknown beta_schedule {cfg.beta_schedule!r} (constant, linear or cyclical)")
 
 
 def augment(x: torch.Tensor, cfg: TrainConfig, generator: torch.Generator) -> torch.Tensor:
@@ -153,7 +154,7 @@ def _selection(cfg: PanelConfig, train_x: torch.Tensor, val_x: torch.Tensor,
     if cfg.train.select_by == "recon":
         return lambda model: {}
     if cfg.train.select_by != "synthetic":
-        raise ValueError(f"unknown select_by {cfg.train.select_by!r} (synthetic or recon)")
+        raise UserError(f"unknown select_by {cfg.train.select_by!r} (synthetic or recon)")
 
     pasted = pasted_copies(val_x, cfg.train.seed)
 
@@ -169,7 +170,7 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     With checkpoint, the full state is saved after every epoch; resume=True continues from it
     (same weights, optimiser, schedule, random streams: the loss curve carries on unchanged)."""
     if len(train_x) == 0 or len(val_x) == 0:
-        raise ValueError(f"need clean train and val crops, got {len(train_x)} train and {len(val_x)} val")
+        raise UserError(f"need clean train and val crops, got {len(train_x)} train and {len(val_x)} val")
     tc = cfg.train
     torch.manual_seed(tc.seed)
     if tc.num_threads:
@@ -191,7 +192,7 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     saved = read_checkpoint(checkpoint.path) if checkpoint and checkpoint.resume else None
     if saved is not None:
         if saved["identity"] != identity:
-            raise ValueError(f"{checkpoint.path}: checkpoint was written for other data or settings; "
+            raise UserError(f"{checkpoint.path}: checkpoint was written for other data or settings; "
                              "run without --resume to start over")
         restore_streams(saved, model, optimizer, scheduler, order_rng, generator, device)
         best, best_state, stale = saved["best"], saved["best_state"], saved["stale"]

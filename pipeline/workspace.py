@@ -19,6 +19,7 @@ import torch
 from torchvision.io import decode_png, read_file
 
 from pipeline.config import IngestConfig
+from pipeline.errors import UserError
 from pipeline.labels import OK, UNCERTAIN, UNLABELLED, is_defect
 
 MANIFEST_COLUMNS = ["crop_id", "source_path", "source_sha256", "bbox", "panel_id", "label", "split",
@@ -112,6 +113,28 @@ def load_split(manifest_path: Path, splits: Iterable[str], trainable_only: bool 
     return rows.reset_index(drop=True)
 
 
+def why_no_clean_crops(manifest_path: Path, split: str) -> str:
+    """Why a split has no clean crops to train on, in the user's terms: the counts per split and
+    the rule that emptied it, with what to change."""
+    manifest = read_table(manifest_path, MANIFEST_COLUMNS)
+    if manifest.empty:
+        return f"{manifest_path}: no crops ingested yet; run `panelscan ingest --raw DIR --labels DIR/labels.csv` first"
+    images = manifest.drop_duplicates("source_sha256")
+    clean = images[images["label"] == OK]
+    counts = ", ".join(f"{name} {int((clean['split'] == name).sum())}" for name in ("train", "val", "test"))
+    head = f"{manifest_path}: no clean ({OK}) crops in {split} (clean images per split: {counts})"
+    if clean.empty:
+        return f"{head}; no image is labelled {OK}: label clean panels {OK} in the labels file and re-run ingest"
+    panels = manifest.groupby("panel_id")["label"].agg(lambda labels: any(is_defect(x) for x in labels))
+    shared = clean["panel_id"].isin(panels[panels].index)
+    if shared.mean() > 0.5:
+        return (f"{head}; {int(shared.sum())} of {len(clean)} clean images share a panel_id with a defect image, and "
+                f"a panel holding a defect goes to val/test whole: give each view its own panel_id (or drop the "
+                f"panel_id column) if views of one item may be split, or label more clean panels; then re-run ingest")
+    return (f"{head}; {clean['panel_id'].nunique()} clean panels are too few for ingest.train_frac: label more clean "
+            f"panels or change ingest.train_frac (in a new --workdir), then re-run ingest")
+
+
 def load_crops(rows: pd.DataFrame, crops_dir: Path) -> torch.Tensor:
     """Stack the manifest rows' crop PNGs into a uint8 (N, 1, S, S) tensor."""
     images = []
@@ -120,7 +143,7 @@ def load_crops(rows: pd.DataFrame, crops_dir: Path) -> torch.Tensor:
         try:
             images.append(decode_png(read_file(str(path))))
         except RuntimeError as exc:
-            raise RuntimeError(f"{path}: cannot read crop ({exc}); re-run ingest") from exc
+            raise UserError(f"{path}: cannot read crop ({exc}); re-run ingest") from exc
     return torch.stack(images)
 
 

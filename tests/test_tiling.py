@@ -13,10 +13,10 @@ from pipeline import tracking
 from pipeline.config import IngestConfig
 from pipeline.crop import tile_boxes, tile_side
 from pipeline.ingest import ingest, prepare
-from pipeline.workspace import WorkDirs
 from pipeline.scoring import per_image_max, scaled_scores, score_crops, worst_crop
 from pipeline.stages import calibrate_stage, score_stage, train_stage
 from pipeline.synth import generate
+from pipeline.workspace import WorkDirs
 from tests.conftest import small_config
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipeline.errors import UserError
 from pipeline.files import atomic_write_csv
 from pipeline.labels import OK, UNCERTAIN
 
@@ -21,8 +22,8 @@ def package_root() -> Path:
     try:
         import elpv_dataset
     except ImportError as exc:
-        raise RuntimeError("the ELPV data set is not installed: `.venv/bin/pip install -c constraints.txt "
-                           "elpv-dataset` (or `make elpv`)") from exc
+        raise UserError("the ELPV data set is not installed: `.venv/bin/pip install -c constraints.txt "
+                        "elpv-dataset` (or `make elpv`)") from exc
     return Path(elpv_dataset.__file__).parent / "data"
 
 
@@ -32,9 +33,9 @@ def read_elpv_labels(source: Path) -> pd.DataFrame:
     try:
         table = pd.read_csv(path, sep=r"\s+", header=None, names=["path", "probability", "type"])
     except (OSError, pd.errors.ParserError) as exc:
-        raise ValueError(f"{path}: not an ELPV labels file ({exc})") from exc
+        raise UserError(f"{path}: not an ELPV labels file ({exc})") from exc
     if table["probability"].isna().any() or not table["type"].isin(["mono", "poly"]).all():
-        raise ValueError(f"{path}: expected rows 'images/cellNNNN.png <probability> mono|poly'")
+        raise UserError(f"{path}: expected rows 'images/cellNNNN.png <probability> mono|poly'")
     return table
 
 

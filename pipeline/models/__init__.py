@@ -10,6 +10,7 @@ from __future__ import annotations
 from torch import nn
 
 from pipeline.config import ModelConfig
+from pipeline.errors import UserError
 from pipeline.models.blocks import LatentReport, StepOutput, recon_nll
 from pipeline.models.convvae import ConvVAE, free_bits_kl, kl_per_dim
 from pipeline.models.output import AsTuple, ModelOutput
@@ -24,7 +25,7 @@ MODEL_TYPES: dict[str, type[ConvVAE] | type[VQVAE]] = {"convvae": ConvVAE, "vqva
 
 def model_class(model_type: str) -> type[ConvVAE] | type[VQVAE]:
     if model_type not in MODEL_TYPES:
-        raise ValueError(f"unknown model_type {model_type!r} (one of {', '.join(MODEL_TYPES)})")
+        raise UserError(f"unknown model_type {model_type!r} (one of {', '.join(MODEL_TYPES)})")
     return MODEL_TYPES[model_type]
 
 

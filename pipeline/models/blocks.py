@@ -10,11 +10,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pipeline.errors import UserError
+
 
 def check_size(image_size: int, depth: int) -> int:
     """Side of the latent grid; the crop side must halve cleanly through every conv stage."""
     if image_size % 2**depth:
-        raise ValueError(f"image_size {image_size} must be divisible by {2**depth} for {depth} conv stages")
+        raise UserError(f"image_size {image_size} must be divisible by {2**depth} for {depth} conv stages")
     return image_size // 2**depth
 
 
@@ -52,7 +54,7 @@ def recon_nll(x: torch.Tensor, recon: torch.Tensor, kind: str, sigma: float) -> 
         # Written out rather than F.binary_cross_entropy, which refuses to run under CUDA autocast.
         r = recon.clamp(1e-6, 1 - 1e-6)
         return -(x * r.log() + (1 - x) * (1 - r).log()).flatten(1).sum(dim=1)
-    raise ValueError(f"unknown recon_loss {kind!r} (mse or bce)")
+    raise UserError(f"unknown recon_loss {kind!r} (mse or bce)")
 
 
 @dataclass

@@ -12,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import ModelConfig
+from pipeline.errors import UserError
 from pipeline.images import float_batches
 from pipeline.models.blocks import LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll, up_stack
 from pipeline.models.output import ModelOutput, single_family
@@ -52,7 +53,7 @@ class VectorQuantizer(nn.Module):
                  dead_code_threshold: float = 0.05) -> None:
         super().__init__()
         if update not in ("ema", "loss"):
-            raise ValueError(f"unknown codebook_update {update!r} (ema or loss)")
+            raise UserError(f"unknown codebook_update {update!r} (ema or loss)")
         self.update, self.decay, self.dead_code_threshold = update, decay, dead_code_threshold
         init = torch.randn(num_codes, dim) * 0.1
         if update == "ema":

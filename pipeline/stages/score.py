@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -22,6 +23,7 @@ from pipeline.files import atomic_write_text, sha256_file
 from pipeline.gallery import write_gallery
 from pipeline.ingest import QUARANTINE_COLUMNS, Progress, Rejected, list_inputs, prepare_many, quarantine_rows, record_quarantine
 from pipeline.ledger import Ledger
+from pipeline.locks import workdir_lock
 from pipeline.report import report_rows, write_heatmaps, write_report
 from pipeline.scoring import score_crops
 from pipeline.workspace import WorkDirs
@@ -146,12 +148,19 @@ def finish_scoring(plan: ScoringPlan, shards: list[ShardResult], workdir: Path, 
     return outcome
 
 
+def scoring_lock(workdir: Path, on_wait: Callable[[str], None] | None = None):
+    """Held from plan to finish: a second scoring (or an ingest) of this workdir waits, then
+    finds in the ledger what the first scored, so no image is scored twice."""
+    return workdir_lock(Path(workdir), "score", on_wait=on_wait)
+
+
 def score_stage(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "champion",
                 out: Path | None = None, day: date | None = None, progress: Progress | None = None,
                 paths: list[Path] | None = None) -> ScoreOutcome:
     """Score the images under raw (or just `paths` inside it) in one process: plan, one shard,
     finish. A crashed or killed run resumes where the ledger says it stopped."""
-    start = time.perf_counter()
-    plan = plan_scoring(raw, workdir, cfg, model_ref, day, paths)
-    shard = score_shard(plan, plan.todo, workdir, cfg, out, progress)
-    return finish_scoring(plan, [shard], workdir, cfg, out, time.perf_counter() - start)
+    with scoring_lock(workdir):
+        start = time.perf_counter()
+        plan = plan_scoring(raw, workdir, cfg, model_ref, day, paths)
+        shard = score_shard(plan, plan.todo, workdir, cfg, out, progress)
+        return finish_scoring(plan, [shard], workdir, cfg, out, time.perf_counter() - start)

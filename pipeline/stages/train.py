@@ -11,14 +11,15 @@ from pathlib import Path
 import torch
 
 from pipeline import tracking
+from pipeline.checkpoint import Checkpointing, read_checkpoint
 from pipeline.config import PanelConfig
 from pipeline.defect_head import with_head
+from pipeline.errors import UserError
 from pipeline.families import train_models
 from pipeline.files import atomic_write_text
 from pipeline.images import to_float
-from pipeline.checkpoint import Checkpointing, read_checkpoint
 from pipeline.train import TrainResult, train_model
-from pipeline.workspace import WorkDirs, dataset_hash, load_crops, load_split
+from pipeline.workspace import WorkDirs, dataset_hash, load_crops, load_split, why_no_clean_crops
 
 
 @dataclass(frozen=True)
@@ -53,9 +54,12 @@ def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True, resume: 
     dirs = WorkDirs(Path(workdir))
     train_rows = load_split(dirs.manifest, ["train"], trainable_only=True)
     val_rows = load_split(dirs.manifest, ["val"], trainable_only=True)
+    for split, rows in (("train", train_rows), ("val", val_rows)):
+        if rows.empty:
+            raise UserError(why_no_clean_crops(dirs.manifest, split))
     train_x, val_x = load_crops(train_rows, dirs.crops), load_crops(val_rows, dirs.crops)
     if train_x.shape[-1] != cfg.ingest.image_size:
-        raise ValueError(f"{dirs.manifest}: crops are {train_x.shape[-1]} px but the config says "
+        raise UserError(f"{dirs.manifest}: crops are {train_x.shape[-1]} px but the config says "
                          f"image_size={cfg.ingest.image_size}; re-run ingest with the same config")
     run_id = _resumed_run_id(workdir, cfg) if resume else None
     with tracking.train_run(cfg, dataset_hash(train_rows), len(train_x), len(val_x), run_id) as run_id:
@@ -93,5 +97,5 @@ def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True, resume: 
 def latest_trained_version(workdir: Path) -> str:
     path = WorkDirs(Path(workdir)).latest_train
     if not path.exists():
-        raise LookupError(f"{path}: no trained model yet; run `panelscan train` or pass --model-version")
+        raise UserError(f"{path}: no trained model yet; run `panelscan train` or pass --model-version")
     return json.loads(path.read_text())["model_version"]
