@@ -180,3 +180,16 @@ def test_environment_errors_are_one_line_and_not_retried():
     full = OSError(errno.ENOSPC, "No space left on device", "reports/2026-01-02/flagged.csv")
     assert is_user_error(full) and one_line(full) == "reports/2026-01-02/flagged.csv: No space left on device"
     assert is_user_error(UserError("x")) and not is_user_error(RuntimeError("worker lost"))
+
+
+def test_ten_thousand_fuzzed_files_never_crash_the_run(tmp_path: Path):
+    """Byte flips, cuts, splices and junk in PNG, JPEG, TIFF, GIF, BMP and WebP files (this found
+    torchvision's PNG decoder killing the process): each file is accepted or quarantined, once."""
+    from tests.fuzz import write_mutants
+
+    paths = write_mutants(tmp_path / "raw", 10_000, seed=1)
+    result = ingest(tmp_path / "raw", tmp_path / "work", None, IngestConfig(image_size=32))
+    quarantine, accepted = _tables(tmp_path / "work")
+    assert set(quarantine.index) | set(accepted.index) == {p.name for p in paths}
+    assert not set(quarantine.index) & set(accepted.index)
+    assert result.n_quarantined == len(quarantine) and len(accepted) > 1000 and len(quarantine) > 1000
