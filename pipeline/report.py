@@ -92,7 +92,7 @@ def spreadsheet_safe(table: pd.DataFrame) -> pd.DataFrame:
     """Text cells that a spreadsheet would run as a formula (a file named "=HYPERLINK(...).png")
     get a leading apostrophe, the OWASP advice for CSV injection; numbers are left as they are."""
     def neutralise(column: pd.Series) -> pd.Series:
-        if column.dtype != object:
+        if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
             return column
         return column.map(lambda v: f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v)
     return table.apply(neutralise)

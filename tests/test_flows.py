@@ -32,7 +32,7 @@ def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys)
     (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     with prefect_test_harness(server_startup_timeout=120):
         # before any model exists, scoring fails with one clear line and a non-zero exit code
-        assert main(["score", "--raw", str(inbox), "--workdir", str(tmp_path / "work")]) == 1
+        assert main(["score", "--raw", str(inbox), "--workdir", str(tmp_path / "work")]) == 2
         error = capsys.readouterr().err.strip().splitlines()[-1]
         assert error.startswith("panelscan score: error:") and "no version with alias 'champion'" in error
         outcome = pipeline_flow(str(synth_raw), str(synth_raw / "labels.csv"), str(tmp_path / "work"), cfg)
