@@ -200,5 +200,7 @@ def readme_list() -> str:
     """The README's list of kinds tried (python -c 'from tests.awkward import readme_list; print(readme_list())')."""
     accepted = [k.what for k in KINDS if k.reason is None]
     refused = [f"{k.what} ({k.reason}...)" for k in KINDS if k.reason]
-    return (f"Accepted ({len(accepted)}): " + "; ".join(accepted) + ".\n\nQuarantined (" + str(len(refused) + 1)
-            + "): " + "; ".join(refused) + "; a symlink out of the raw folder.")
+    refused += ["symlink leading out of the raw folder (symlink leaves the raw root...)",
+                "symlink to another file of the folder (duplicate of ...)"]
+    return (f"Accepted ({len(accepted)}): " + "; ".join(accepted) + f".\n\nQuarantined ({len(refused)}): "
+            + "; ".join(refused) + f".\n\nSkipped (not images): {', '.join(SKIPPED)}.")
