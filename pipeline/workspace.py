@@ -113,6 +113,12 @@ def load_split(manifest_path: Path, splits: Iterable[str], trainable_only: bool 
     return rows.reset_index(drop=True)
 
 
+def images_per_split(rows: pd.DataFrame) -> str:
+    """'train 3, val 2, test 2': distinct source images per split, for messages."""
+    images = rows.drop_duplicates("source_sha256")
+    return ", ".join(f"{name} {int((images['split'] == name).sum())}" for name in ("train", "val", "test"))
+
+
 def why_no_clean_crops(manifest_path: Path, split: str) -> str:
     """Why a split has no clean crops to train on, in the user's terms: the counts per split and
     the rule that emptied it, with what to change."""
@@ -121,8 +127,7 @@ def why_no_clean_crops(manifest_path: Path, split: str) -> str:
         return f"{manifest_path}: no crops ingested yet; run `panelscan ingest --raw DIR --labels DIR/labels.csv` first"
     images = manifest.drop_duplicates("source_sha256")
     clean = images[images["label"] == OK]
-    counts = ", ".join(f"{name} {int((clean['split'] == name).sum())}" for name in ("train", "val", "test"))
-    head = f"{manifest_path}: no clean ({OK}) crops in {split} (clean images per split: {counts})"
+    head = f"{manifest_path}: no clean ({OK}) crops in {split} (clean images per split: {images_per_split(clean)})"
     if clean.empty:
         return f"{head}; no image is labelled {OK}: label clean panels {OK} in the labels file and re-run ingest"
     panels = manifest.groupby("panel_id")["label"].agg(lambda labels: any(is_defect(x) for x in labels))

@@ -193,3 +193,25 @@ def test_ten_thousand_fuzzed_files_never_crash_the_run(tmp_path: Path):
     assert set(quarantine.index) | set(accepted.index) == {p.name for p in paths}
     assert not set(quarantine.index) & set(accepted.index)
     assert result.n_quarantined == len(quarantine) and len(accepted) > 1000 and len(quarantine) > 1000
+
+
+def test_nothing_to_calibrate_on_says_which_split_is_empty(synth_raw: Path, tmp_path: Path, monkeypatch):
+    """Only clean images labelled: train works, calibration names the empty split instead of a torch error."""
+    from pipeline.stages import calibrate_stage, train_stage
+    from tests.conftest import small_config
+
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    labels = pd.read_csv(synth_raw / "labels.csv", dtype=str, keep_default_na=False)
+    clean = labels[labels["label"] == "ok"].head(12)
+    for name in clean["path"]:
+        shutil.copy(synth_raw / name, raw / name)
+    clean.to_csv(raw / "labels.csv", index=False)
+    cfg = small_config(epochs=1).replace("ingest", image_size=32, train_frac=0.9)
+    ingest(raw, tmp_path / "w", raw / "labels.csv", cfg.ingest)
+    manifest = pd.read_csv(WorkDirs(tmp_path / "w").manifest, dtype=str, keep_default_na=False)
+    manifest["split"] = ["train"] * 8 + ["val"] * (len(manifest) - 8)  # clean val to train with, no test at all
+    manifest.to_csv(WorkDirs(tmp_path / "w").manifest, index=False)
+    train_stage(tmp_path / "w", cfg, progress=False)
+    with pytest.raises(UserError, match=r"no labelled test crops to calibrate on \(labelled images per split: train"):
+        calibrate_stage(tmp_path / "w", cfg)

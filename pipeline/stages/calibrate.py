@@ -17,6 +17,7 @@ from pipeline import plots, tracking
 from pipeline.calibrate import Calibration, calibrate_scores, defect_targets
 from pipeline.config import PanelConfig
 from pipeline.defect_type import DefectTypeClassifier, error_features
+from pipeline.errors import UserError
 from pipeline.families import routing_accuracy
 from pipeline.files import atomic_write_text
 from pipeline.promotion import Promotion, gate, promotion
@@ -24,7 +25,13 @@ from pipeline.report import heatmap_overlay
 from pipeline.scoring import strongest_region
 from pipeline.split_scores import SplitScores, score_split, score_val_test
 from pipeline.stages.train import latest_trained_version
-from pipeline.workspace import WorkDirs, dataset_hash, load_crops, load_split
+from pipeline.workspace import (
+    WorkDirs,
+    dataset_hash,
+    images_per_split,
+    load_crops,
+    load_split,
+)
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,11 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     model = tracking.load_model(name, version)  # the registry copy: the same path scoring uses
     families = tracking.load_families(name, version)
     val, test = load_split(dirs.manifest, ["val"]), load_split(dirs.manifest, ["test"])
+    for split, rows in (("val", val), ("test", test)):
+        if rows.empty:
+            raise UserError(f"{dirs.manifest}: no labelled {split} crops to calibrate on (labelled images per split: "
+                            f"{images_per_split(load_split(dirs.manifest, ['train', 'val', 'test']))}); label more "
+                            f"panels (ok and defect) and re-run ingest")
     test_x = load_crops(test, dirs.crops)
     scored = score_val_test(model, val, load_crops(val, dirs.crops), test, test_x, model_cfg, len(families),
                             keep_heatmaps=True)
