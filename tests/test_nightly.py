@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from prefect.testing.utilities import prefect_test_harness
 
+from pipeline.errors import UserError
 from pipeline.inbox import arrived_on
 from pipeline.synth import generate
 
@@ -40,7 +41,7 @@ def test_arrivals_by_day_folder_or_by_modification_time_in_the_site_timezone(tmp
     assert arrived_on(loose, date(2026, 5, 1), "UTC")[1] == pngs[:2]
     assert arrived_on(loose, date(2026, 5, 1), "Europe/Berlin")[1] == []
     assert arrived_on(loose, date(2026, 5, 2), "Europe/Berlin")[1] == pngs[:2]
-    with pytest.raises(FileNotFoundError, match="inbox folder does not exist"):
+    with pytest.raises(UserError, match="inbox folder does not exist"):
         arrived_on(tmp_path / "nowhere", date(2026, 5, 1))
 
 
