@@ -45,6 +45,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 
 
 def _add_scale(p: argparse.ArgumentParser) -> None:
+    _add_settings(p, "score")
     p.add_argument("--model-uri", help="models:/<name>@<alias> or models:/<name>/<version> "
                                        "(default: the champion of --model-name)")
     p.add_argument("--out", help="report root (default: <workdir>/reports)")
@@ -73,6 +74,7 @@ def parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--rule", help="max-f1 | fpr:<x> | recall:<x> | fixed:<value>")
     p.add_argument("--model-version", help="registered version to calibrate (default: the last trained)")
+    _add_settings(p, "score")
     p = sub.add_parser("score", help="score a folder of images with the champion model")
     p.add_argument("--raw", required=True)
     p.add_argument("--date", help="report date YYYY-MM-DD (default: today)")
@@ -97,6 +99,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", help="also benchmark this folder of images ...")
     p.add_argument("--labels", help="... with this labels CSV (default: <raw>/labels.csv)")
     p.add_argument("--config", type=Path, help="JSON file overriding config defaults")
+    _add_settings(p, "score")
     p = sub.add_parser("pipeline", help="ingest -> train -> calibrate -> promote")
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--labels")
@@ -107,7 +110,7 @@ def parser() -> argparse.ArgumentParser:
 def build_config(args: argparse.Namespace) -> PanelConfig:
     """Defaults, then the --config file, then the options given on the command line."""
     cfg = PanelConfig.load(getattr(args, "config", None))
-    for section in ("ingest", "model", "train", "tracking"):
+    for section in ("ingest", "model", "train", "score", "tracking"):
         cfg = cfg.replace(section, **{o.name: getattr(args, f"{section}.{o.name}", None) for o in cli_options(section)})
     return cfg
 

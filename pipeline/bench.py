@@ -35,6 +35,7 @@ from pipeline.config import PanelConfig
 from pipeline.defect_head import with_head
 from pipeline.errors import UserError
 from pipeline.families import routing_accuracy, train_models, training_families
+from pipeline.device import pick_device
 from pipeline.ingest import ingest, prepare_many
 from pipeline.localisation import pixel_roc_auc, read_masks
 from pipeline.models import MODEL_TYPES, model_class
@@ -99,6 +100,7 @@ def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset) -> tuple
                            split.val["family"].to_numpy(str)[clean], cfg,
                            lambda _, tx, vx, family_cfg: train_model(tx, vx, family_cfg, progress=False))
     model, head_seconds = with_head(trained.model, split.train, cfg, progress=False)
+    model = model.to(pick_device(cfg.score.device))
     scored = score_val_test(model, split.val, split.val_x, split.test, split.test_x, cfg, len(trained.results),
                             keep_heatmaps=bool(dataset.masks))
     name = select_score(scored.val.scores, scored.val.labels, scored.synthetic)

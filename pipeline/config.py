@@ -130,6 +130,8 @@ class ScoreConfig:
     drift_psi: float = 0.25  # PSI of clean-looking scores vs calibration above which a batch has drifted
     drift_flag_rate: float = 0.8  # a batch with at least this share flagged has drifted
     region_size_frac: float = 0.125  # smallest side of the reported strongest-error box, fraction of the crop
+    device: Literal["auto", "cpu", "cuda"] = option("auto", "where to score (the model and every score; auto: the "
+                                                             "GPU when there is one)")
 
 
 @dataclass(frozen=True)

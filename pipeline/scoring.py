@@ -64,7 +64,7 @@ def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
     if sigma <= 0:
         return error
     size = 2 * min(math.ceil(3 * sigma), min(error.shape[-2:]) - 1) + 1  # reflection needs pad < side
-    taps = torch.exp(-0.5 * (torch.arange(size, dtype=error.dtype) - size // 2).pow(2) / sigma**2)
+    taps = torch.exp(-0.5 * (torch.arange(size, dtype=error.dtype, device=error.device) - size // 2).pow(2) / sigma**2)
     taps = taps / taps.sum()
     pad, (b, c, h, w) = size // 2, error.shape
     maps = F.pad(error, (pad, pad, pad, pad), mode="reflect").reshape(1, b * c, h + 2 * pad, w + 2 * pad)
@@ -97,19 +97,23 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
         heat = blur(out.anomaly_map, cfg.blur_sigma)
         scores["head_blur_max"] = heat.flatten(1).amax(dim=1)
         scores["head_area_max"] = blur(out.anomaly_map, cfg.area_sigma).flatten(1).amax(dim=1)
-    return ScoredBatch({name: s.double().numpy() for name, s in scores.items()}, heat[:, 0], out.family.long().numpy())
+    # One copy to the host per batch: every score, the heatmaps and the family index.
+    names = list(scores)
+    host = torch.stack([scores[n].double() for n in names]).cpu().numpy()
+    return ScoredBatch(dict(zip(names, host)), heat[:, 0].cpu(), out.family.long().cpu().numpy())
 
 
 @torch.inference_mode()
 def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_cfg: ModelConfig,
                 keep_heatmaps: bool = True) -> ScoredBatch:
-    """Score uint8 (N, 1, S, S) crops in batches on CPU; deterministic (the model's μ path)."""
+    """Score uint8 (N, 1, S, S) crops in batches on the model's device (every score computed there,
+    one copy back per batch); deterministic (the model's μ path)."""
     parts: list[ScoredBatch] = []
     device = model_device(model)
-    for x in float_batches(crops, cfg.batch_size):
-        out = ModelOutput.of(model(x.to(device)))
-        out = ModelOutput(*(None if t is None else t.float().cpu() for t in out[:3]), out.family.cpu(),
-                          None if out.anomaly_map is None else out.anomaly_map.float().cpu())
+    for x in float_batches(crops, cfg.batch_size, device):
+        out = ModelOutput.of(model(x))
+        out = ModelOutput(*(None if t is None else t.float() for t in out[:3]), out.family,
+                          None if out.anomaly_map is None else out.anomaly_map.float())
         part = score_maps(x, out, cfg, model_cfg)
         if not keep_heatmaps:
             part.heatmaps = part.heatmaps[:0]

@@ -29,7 +29,7 @@ from pipeline.config import PanelConfig, TrackingConfig
 from pipeline.drift import DriftCheck
 from pipeline.errors import UserError
 from pipeline.families import FamilyClassifier
-from pipeline.models import AsTuple, LatentReport, ModelOutput, conv_channels
+from pipeline.models import AsTuple, LatentReport, ModelOutput, conv_channels, exported
 from pipeline.plots import latent_figure
 from pipeline.promotion import CHALLENGER, CHAMPION
 
@@ -186,8 +186,15 @@ def resolve_version(model_name: str, ref: str) -> str:
                           "run `panelscan pipeline` (or train + calibrate) first") from exc
 
 
-def load_model(model_name: str, version: str) -> nn.Module:
-    return mlflow.pytorch.load_model(f"models:/{model_name}/{version}")
+def load_model(model_name: str, version: str, device: torch.device | None = None) -> nn.Module:
+    """A registered version, ready to run on device (default CPU). MLflow loads it (and checks that
+    the pt2 archive is pickle-free); for a GPU the same archive is loaded again with its graph
+    moved there (pipeline/models/exported.py)."""
+    uri = f"models:/{model_name}/{version}"
+    model = mlflow.pytorch.load_model(uri)
+    if device is None or device.type == "cpu":
+        return model
+    return exported.load(Path(mlflow.artifacts.download_artifacts(f"{uri}/data/model.pt2")), device)
 
 
 def load_run_json(run_id: str, artifact: str) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from pipeline.checkpoint import Checkpointing, read_checkpoint, restore_streams, run_identity, save_checkpoint, stream_states
 from pipeline.config import ModelConfig, PanelConfig, TrainConfig
+from pipeline.device import pick_device
 from pipeline.errors import UserError
 from pipeline.images import float_batches, to_float
 from pipeline.models import LatentReport, build_model
@@ -28,14 +29,6 @@ from pipeline.selfcheck import pasted_copies, synthetic_check
 
 EpochCallback = Callable[[int, dict[str, float]], None]
 BN_CALIBRATION_CROPS = 256  # clean crops that set BatchNorm statistics before each validation pass
-
-
-def pick_device(requested: str) -> torch.device:
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda requested but no CUDA device is available")
-    return torch.device(requested)
 
 
 def beta_at(epoch: int, cfg: ModelConfig) -> float:

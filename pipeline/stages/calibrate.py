@@ -16,6 +16,7 @@ from matplotlib.figure import Figure
 from pipeline import plots, tracking
 from pipeline.calibrate import Calibration, calibrate_scores, defect_targets
 from pipeline.config import PanelConfig
+from pipeline.device import pick_device
 from pipeline.defect_type import DefectTypeClassifier, error_features
 from pipeline.errors import UserError
 from pipeline.families import routing_accuracy
@@ -51,7 +52,8 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     name = cfg.tracking.model_name
     version = model_version or latest_trained_version(workdir)
     model_cfg = tracking.load_config(name, version)
-    model = tracking.load_model(name, version)  # the registry copy: the same path scoring uses
+    device = pick_device(cfg.score.device)
+    model = tracking.load_model(name, version, device)  # the registry copy: the same path scoring uses
     families = tracking.load_families(name, version)
     val, test = load_split(dirs.manifest, ["val"]), load_split(dirs.manifest, ["test"])
     for split, rows in (("val", val), ("test", test)):
@@ -101,7 +103,8 @@ def _promote(candidate: Calibration, new_scores: np.ndarray, test: pd.DataFrame,
         champion = tracking.load_calibration(name, champion_version)
         old_cfg = tracking.load_config(name, champion_version)
         if old_cfg.ingest == cfg.ingest:
-            old = score_split(tracking.load_model(name, champion_version), test, test_x, old_cfg, champion.score_scale)
+            old = score_split(tracking.load_model(name, champion_version, pick_device(cfg.score.device)), test, test_x,
+                              old_cfg, champion.score_scale)
             paired = gate(new_scores, old.scores[champion.score_name], old.labels)
     decision = promotion(candidate, champion, paired)
     tracking.set_alias(name, version, decision.alias, decision.reason)

@@ -18,6 +18,7 @@ import torch
 
 from pipeline import tracking
 from pipeline.config import PanelConfig
+from pipeline.device import pick_device
 from pipeline.drift import DriftCheck, check_drift
 from pipeline.files import atomic_write_text, sha256_file
 from pipeline.gallery import write_gallery
@@ -101,7 +102,7 @@ def score_shard(plan: ScoringPlan, paths: list[str], workdir: Path, cfg: PanelCo
     tracking.configure(cfg.tracking)
     name, version = cfg.tracking.model_name, plan.model_version
     model_cfg, calibration = tracking.load_config(name, version), tracking.load_calibration(name, version)
-    model = tracking.load_model(name, version)
+    model = tracking.load_model(name, version, pick_device(cfg.score.device))  # this run's device, not training's
     raw, day_dir = Path(plan.raw), _day_dir(plan, workdir, out)
     ledger = Ledger(WorkDirs(Path(workdir)).ledger)
     n_scored, quarantine = 0, []

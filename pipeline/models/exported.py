@@ -1,0 +1,30 @@
+"""A model as the registry stores it: a torch.export program of its outputs as a plain tuple
+(`AsTuple`), batch dimension dynamic, as MLflow's pt2 format writes it. Loading onto a GPU goes
+through torch's `move_to_device_pass`: an exported graph's weights and the devices written into
+its ops cannot be moved with `.to()` (MLflow refuses to load such a model on another device)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.export import Dim
+from torch.export.passes import move_to_device_pass
+
+from pipeline.models.output import AsTuple
+
+
+def export(model: nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """The program the registry holds: the model's outputs as a tuple, any batch size."""
+    return torch.export.export(AsTuple(model.eval()), (example,), dynamic_shapes=({0: Dim.AUTO},))
+
+
+def save(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
+    torch.export.save(export(model, example), str(path))
+    return Path(path)
+
+
+def load(path: Path, device: torch.device) -> nn.Module:
+    """A saved program as a module whose weights, buffers and ops all run on device."""
+    return move_to_device_pass(torch.export.load(str(path)), device).module()  # on CPU too: one path, tested

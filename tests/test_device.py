@@ -1,0 +1,47 @@
+"""The device path on a machine without a GPU: the registry's program loaded through the same
+move-to-device code a GPU uses scores exactly like the in-memory model; --device reaches the
+config; asking for CUDA where there is none is one clear line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flows.cli import build_config, parser
+from pipeline.device import pick_device
+from pipeline.errors import UserError
+from pipeline.models import build_model, exported
+from pipeline.scoring import fit_error_reference, score_crops
+from tests.conftest import small_config
+
+
+@pytest.mark.parametrize("model_type", ["convvae", "vqvae"])
+def test_exported_program_loaded_for_a_device_scores_like_the_module(tmp_path: Path, model_type: str):
+    cfg = small_config().replace("model", model_type=model_type, codebook_size=32)
+    torch.manual_seed(0)
+    model = build_model(cfg.model, cfg.ingest.image_size).eval()
+    crops = torch.randint(0, 256, (70, 1, 64, 64), dtype=torch.uint8)
+    fit_error_reference(model, crops[:20])
+    path = exported.save(model, torch.rand(2, 1, 64, 64), tmp_path / "model.pt2")
+    loaded = exported.load(path, pick_device("cpu"))
+    ours, theirs = (score_crops(m, crops, cfg.score, cfg.model) for m in (model, loaded))  # 70: a ragged last batch
+    for name in ours.scores:
+        np.testing.assert_allclose(theirs.scores[name], ours.scores[name], rtol=1e-4, atol=1e-7, err_msg=name)
+    torch.testing.assert_close(theirs.heatmaps, ours.heatmaps, rtol=1e-4, atol=1e-6)
+
+
+def test_device_option_reaches_the_score_config_of_every_scoring_command():
+    for argv in (["score", "--raw", "x", "--device", "cpu"], ["nightly", "--device", "cpu"],
+                 ["calibrate", "--device", "cpu"], ["bench", "--device", "cpu"]):
+        assert build_config(parser().parse_args(argv)).score.device == "cpu", argv
+    assert build_config(parser().parse_args(["score", "--raw", "x"])).score.device == "auto"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_cuda_without_a_gpu_is_one_clear_line():
+    assert pick_device("auto").type == "cpu"
+    with pytest.raises(UserError, match="--device cuda requested but no CUDA device is available"):
+        pick_device("cuda")
