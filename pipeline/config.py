@@ -97,6 +97,11 @@ class TrainConfig:
     epochs: int = option(40, "maximum epochs (early stopping may end sooner)")
     batch_size: int = 16  # small sets need many steps: 16 beat 32 at the same epochs on the synthetic set
     lr: float = 2e-3
+    # On a GPU the batch grows with the set (pipeline/train.py: device_batch): the CPU batch while an
+    # epoch would have under `min_steps` steps, up to gpu_batch_size, the LR scaled by sqrt(batch / batch_size).
+    gpu_batch_size: int = 256
+    min_steps: int = 32
+    compile: bool = option(False, "torch.compile the training step (GPU; off by default until measured)")
     weight_decay: float = 0.0
     # Which epoch's weights are kept: "recon", the lowest clean val reconstruction loss, or
     # "synthetic", the best self-supervised check (defects pasted on clean val crops,

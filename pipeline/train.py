@@ -7,9 +7,10 @@ It reports through a callback (epoch, metrics) so this module never imports Pref
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -75,25 +76,58 @@ class TrainResult:
 def _loader(data: torch.Tensor, batch_size: int, generator: torch.Generator | None, device: torch.device,
             workers: int) -> DataLoader:
     """Whole batches by fancy indexing (no per-image collate); shuffled when a generator is given."""
-    order = RandomSampler(range(len(data)), generator=generator) if generator is not None else SequentialSampler(range(len(data)))
     # The loader's own generator only seeds workers (which draw nothing): keeping its draws off the
     # global stream makes results independent of the worker count. Workers come from a forkserver:
     # forking the trainer itself (Prefect and MLflow threads, maybe CUDA) left workers dying on exit.
-    return DataLoader(TensorDataset(data), sampler=BatchSampler(order, batch_size, drop_last=False), batch_size=None,
+    return DataLoader(TensorDataset(data), sampler=_batch_order(len(data), batch_size, generator), batch_size=None,
                       num_workers=workers, pin_memory=device.type == "cuda",
                       multiprocessing_context="forkserver" if workers else None,
                       generator=torch.Generator())
 
 
-def _epoch_pass(model: nn.Module, loader: DataLoader, n_images: int, cfg: PanelConfig, beta: float,
-                device: torch.device, optimizer: torch.optim.Optimizer | None, generator: torch.Generator
+def device_batch(tc: TrainConfig, n_train: int, device: torch.device) -> tuple[int, float]:
+    """(batch size, learning rate) for the device. CPU: the configured pair. GPU: a batch as large
+    as the set allows while an epoch keeps at least min_steps steps (so a small set trains exactly
+    as on CPU), at most gpu_batch_size, with the LR scaled by sqrt(batch / batch_size) (Adam)."""
+    if device.type != "cuda":
+        return tc.batch_size, tc.lr
+    batch = int(min(tc.gpu_batch_size, max(tc.batch_size, n_train // tc.min_steps)))
+    return batch, tc.lr * math.sqrt(batch / tc.batch_size)
+
+
+def _batch_order(n: int, batch_size: int, generator: torch.Generator | None) -> BatchSampler:
+    """Index batches over n crops: shuffled when a generator is given, in order otherwise."""
+    order = RandomSampler(range(n), generator=generator) if generator is not None else SequentialSampler(range(n))
+    return BatchSampler(order, batch_size, drop_last=False)
+
+
+def _resident_batches(data: torch.Tensor, batch_size: int, generator: torch.Generator | None) -> Iterator:
+    """Batches of crops already on the GPU, by index (no loader, no host copies), in the order
+    the loader would give."""
+    for idx in _batch_order(len(data), batch_size, generator):
+        yield (data[torch.as_tensor(idx, device=data.device)],)
+
+
+def _fits_on(device: torch.device, *tensors: torch.Tensor) -> bool:
+    """Crops stay on the GPU when they take under a quarter of its free memory."""
+    size = sum(t.numel() * t.element_size() for t in tensors)
+    return device.type == "cuda" and size < torch.cuda.mem_get_info(device)[0] / 4
+
+
+def _epoch_pass(model: nn.Module, loader: DataLoader | torch.Tensor, n_images: int, cfg: PanelConfig, beta: float,
+                device: torch.device, optimizer: torch.optim.Optimizer | None, generator: torch.Generator,
+                order: torch.Generator | None = None, batch_size: int = 0, step: Callable | None = None
                 ) -> dict[str, float]:
-    """One pass over the loader; trains when an optimizer is given. Returns mean per-image terms."""
+    """One pass over the loader (or a tensor resident on the device, in batches drawn with order);
+    trains when an optimizer is given. Returns mean per-image terms. Sums stay on the device
+    (float64): one host sync per pass, not one per metric per step."""
     training = optimizer is not None
     model.train(training)
-    sums: dict[str, float] = defaultdict(float)
+    step = step or model.training_step
+    sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=device))
     latent = None
-    for (batch,) in loader:
+    batches = _resident_batches(loader, batch_size, order) if isinstance(loader, torch.Tensor) else loader
+    for (batch,) in batches:
         x = batch.to(device, non_blocking=True)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
@@ -101,21 +135,23 @@ def _epoch_pass(model: nn.Module, loader: DataLoader, n_images: int, cfg: PanelC
         if training:
             x = augment(x, cfg.train, generator)
         with torch.set_grad_enabled(training), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
-            out = model.training_step(x, beta)
+            out = step(x, beta)
             # Per-pixel scale keeps the learning rate meaningful at any image size.
             loss = out.objective.mean() / x[0].numel()
         if training:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        sums["loss"] += out.objective.detach().sum().item()
-        sums["recon"] += out.recon.detach().sum().item()
-        sums["mse"] += squared_error(x, out.recon_image.detach()).sum().item()
+        sums["loss"] += out.objective.detach().double().sum()
+        sums["recon"] += out.recon.detach().double().sum()
+        sums["mse"] += squared_error(x, out.recon_image.detach()).double().sum()
         for name, values in out.terms.items():
-            sums[name] += values.detach().float().sum().item()
-        stats = out.latent_stats.detach().float().cpu()
+            sums[name] += values.detach().double().sum()
+        stats = out.latent_stats.detach().float()
         latent = stats if latent is None else latent + stats
-    return {**{k: v / n_images for k, v in sums.items()}, **model.latent_metrics(latent, n_images)}
+    names = list(sums)
+    totals = torch.stack([sums[n] for n in names]).tolist() if names else []  # the one sync
+    return {**{n: v / n_images for n, v in zip(names, totals)}, **model.latent_metrics(latent.cpu(), n_images)}
 
 
 @torch.no_grad()
@@ -175,10 +211,15 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     model = build_model(cfg.model, cfg.ingest.image_size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    batch_size, lr = device_batch(tc, len(train_x), device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
-    train_loader = _loader(train_x, tc.batch_size, order_rng, device, tc.loader_workers)
-    val_loader = _loader(val_x, tc.batch_size, None, device, tc.loader_workers)
+    if _fits_on(device, train_x, val_x):  # uint8 crops kept on the GPU: batches by index
+        train_loader, val_loader = train_x.to(device), val_x.to(device)
+    else:
+        train_loader = _loader(train_x, batch_size, order_rng, device, tc.loader_workers)
+        val_loader = _loader(val_x, batch_size, None, device, tc.loader_workers)
+    step = torch.compile(model.training_step) if tc.compile else model.training_step
     identity = run_identity(train_x, val_x, cfg) if checkpoint else {}
     best, best_state, result, stale = float("inf"), None, TrainResult(model=model, device=str(device)), 0
     select = _selection(cfg, train_x, val_x, device)
@@ -200,12 +241,14 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
             result.stopped_early = True
             break
         beta = beta_at(epoch, cfg.model) if model.uses_beta else 0.0
-        train_m = _epoch_pass(model, train_loader, len(train_x), cfg, beta, device, optimizer, generator)
+        train_m = _epoch_pass(model, train_loader, len(train_x), cfg, beta, device, optimizer, generator, order_rng,
+                              batch_size, step)
         # Validate the model as it will be exported: exact clean BatchNorm statistics, not the lagging
         # running averages (those made clean val loss jump 3x between epochs and stopped runs early).
         recalibrate_batchnorm(model, train_x[:BN_CALIBRATION_CROPS], device=device)
         with torch.no_grad():
-            val_m = _epoch_pass(model, val_loader, len(val_x), cfg, beta, device, None, generator)
+            val_m = _epoch_pass(model, val_loader, len(val_x), cfg, beta, device, None, generator, None, batch_size,
+                                step)
         scheduler.step()
         metrics = {**{f"train/{k}": v for k, v in train_m.items()}, **{f"val/{k}": v for k, v in val_m.items()},
                    "lr": scheduler.get_last_lr()[0], **select(model)}
