@@ -177,7 +177,7 @@ def check_preprocessing(dirs: WorkDirs, cfg: IngestConfig) -> None:
     if changed:
         detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())
         raise UserError(f"{dirs.root}: its crops were made with other preprocessing ({detail}); use another "
-                         f"--workdir, set them back (options or --config), or delete {dirs.root / 'processed'} to rebuild")
+                        f"--workdir, set them back (options or --config), or delete {dirs.root / 'processed'} to rebuild")
 
 
 def settle_duplicates(paths: list[Path], sha_of: dict[Path, str], labelled: set[str], raw: Path) -> list[Rejected]:

@@ -53,7 +53,7 @@ class ScoredBatch:
 
     def take(self, pick: np.ndarray) -> "ScoredBatch":
         """The crops where pick (bool, (N,)) is true; heatmaps too when they were kept."""
-        heatmaps = self.heatmaps[torch.from_numpy(pick)] if len(self.heatmaps) else self.heatmaps
+        heatmaps = self.heatmaps[torch.from_numpy(np.array(pick, dtype=bool))] if len(self.heatmaps) else self.heatmaps
         return ScoredBatch({name: values[pick] for name, values in self.scores.items()}, heatmaps, self.family[pick])
 
 
@@ -111,7 +111,7 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
     parts: list[ScoredBatch] = []
     device = model_device(model)
     for x in float_batches(crops, cfg.batch_size, device):
-        out = ModelOutput.of(model(x))
+        out = ModelOutput.of(model(x.contiguous(memory_format=torch.channels_last)))
         out = ModelOutput(*(None if t is None else t.float() for t in out[:3]), out.family,
                           None if out.anomaly_map is None else out.anomaly_map.float())
         part = score_maps(x, out, cfg, model_cfg)

@@ -227,7 +227,7 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     if saved is not None:
         if saved["identity"] != identity:
             raise UserError(f"{checkpoint.path}: checkpoint was written for other data or settings; "
-                             "run without --resume to start over")
+                            "run without --resume to start over")
         restore_streams(saved, model, optimizer, scheduler, order_rng, generator, device)
         best, best_state, stale = saved["best"], saved["best_state"], saved["stale"]
         result.history, result.best_epoch, result.resumed_from = saved["history"], saved["best_epoch"], saved["epoch"]

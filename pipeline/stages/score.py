@@ -17,12 +17,14 @@ import pandas as pd
 import torch
 
 from pipeline import tracking
+from pipeline.calibrate import Calibration
 from pipeline.config import PanelConfig
 from pipeline.device import pick_device
 from pipeline.drift import DriftCheck, check_drift
 from pipeline.files import atomic_write_text, sha256_file
 from pipeline.gallery import write_gallery
-from pipeline.ingest import QUARANTINE_COLUMNS, Progress, Rejected, list_inputs, prepare_many, quarantine_rows, record_quarantine
+from pipeline.ingest import (QUARANTINE_COLUMNS, Progress, Rejected, list_inputs, prepare_many, quarantine_rows,
+                             record_quarantine)
 from pipeline.ledger import Ledger
 from pipeline.locks import workdir_lock
 from pipeline.report import report_rows, write_heatmaps, write_report
@@ -56,6 +58,11 @@ class ScoringPlan:
     todo: list[str]  # image paths, unique content, not yet in the ledger for this date + version
     n_skipped: int  # already in the ledger
     quarantine: list[dict]  # symlinks out of raw, duplicate content: rejected before scoring
+    config: dict  # the version's config and calibration, read once and pinned like the version:
+    calibration: dict  # every shard scores with the same threshold even if calibrate runs meanwhile
+
+    def model_config(self) -> PanelConfig:
+        return PanelConfig.from_dict(self.config)
 
 
 @dataclass(frozen=True)
@@ -70,7 +77,9 @@ def plan_scoring(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "c
     ledger already holds and reject duplicate content (each image path is reported once)."""
     tracking.configure(cfg.tracking)
     version = tracking.resolve_version(cfg.tracking.model_name, model_ref)
-    ingest_cfg = tracking.load_config(cfg.tracking.model_name, version).ingest
+    model_cfg = tracking.load_config(cfg.tracking.model_name, version)
+    calibration = tracking.load_calibration(cfg.tracking.model_name, version)
+    ingest_cfg = model_cfg.ingest
     raw = Path(raw).resolve()
     report_date = (day or date.today()).isoformat()
     inputs, rejected = list_inputs(raw, ingest_cfg)
@@ -88,7 +97,8 @@ def plan_scoring(raw: Path, workdir: Path, cfg: PanelConfig, model_ref: str = "c
         else:
             seen[sha] = path
             todo.append(str(path))
-    return ScoringPlan(str(raw), version, report_date, todo, skipped, quarantine_rows(rejected, raw).to_dict("records"))
+    return ScoringPlan(str(raw), version, report_date, todo, skipped, quarantine_rows(rejected, raw).to_dict("records"),
+                       model_cfg.to_dict(), calibration.to_dict())
 
 
 def _day_dir(plan: ScoringPlan, workdir: Path, out: Path | None) -> Path:
@@ -101,7 +111,7 @@ def score_shard(plan: ScoringPlan, paths: list[str], workdir: Path, cfg: PanelCo
     each batch's rows are committed to the ledger before the next batch starts."""
     tracking.configure(cfg.tracking)
     name, version = cfg.tracking.model_name, plan.model_version
-    model_cfg, calibration = tracking.load_config(name, version), tracking.load_calibration(name, version)
+    model_cfg, calibration = plan.model_config(), Calibration.from_dict(plan.calibration)
     model = tracking.load_model(name, version, pick_device(cfg.score.device))  # this run's device, not training's
     raw, day_dir = Path(plan.raw), _day_dir(plan, workdir, out)
     ledger = Ledger(WorkDirs(Path(workdir)).ledger)
@@ -127,7 +137,7 @@ def finish_scoring(plan: ScoringPlan, shards: list[ShardResult], workdir: Path, 
     drift, write the gallery and log the panel-score run."""
     tracking.configure(cfg.tracking)
     name, version = cfg.tracking.model_name, plan.model_version
-    model_cfg, calibration = tracking.load_config(name, version), tracking.load_calibration(name, version)
+    model_cfg, calibration = plan.model_config(), Calibration.from_dict(plan.calibration)
     dirs, day_dir = WorkDirs(Path(workdir)), _day_dir(plan, workdir, out)
     quarantine = plan.quarantine + [row for shard in shards for row in shard.quarantine]
     record_quarantine(dirs, pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS))

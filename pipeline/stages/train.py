@@ -60,7 +60,7 @@ def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True, resume: 
     train_x, val_x = load_crops(train_rows, dirs.crops), load_crops(val_rows, dirs.crops)
     if train_x.shape[-1] != cfg.ingest.image_size:
         raise UserError(f"{dirs.manifest}: crops are {train_x.shape[-1]} px but the config says "
-                         f"image_size={cfg.ingest.image_size}; re-run ingest with the same config")
+                        f"image_size={cfg.ingest.image_size}; re-run ingest with the same config")
     run_id = _resumed_run_id(workdir, cfg) if resume else None
     with tracking.train_run(cfg, dataset_hash(train_rows), len(train_x), len(val_x), run_id) as run_id:
 
