@@ -16,9 +16,10 @@ from pipeline.config import ModelConfig, PanelConfig, cli_options
 from pipeline.errors import ENVIRONMENT_ERRNOS, UserError, is_user_error, one_line
 
 
-def _add_settings(p: argparse.ArgumentParser, *sections: str) -> None:
-    """The config settings of these sections that are command-line options (pipeline/config.py)."""
-    for o in (o for section in sections for o in cli_options(section)):
+def _add_settings(p: argparse.ArgumentParser, *sections: str, only: tuple[str, ...] = ()) -> None:
+    """The config settings of these sections that are command-line options (pipeline/config.py),
+    or only the named ones."""
+    for o in (o for section in sections for o in cli_options(section) if not only or o.name in only):
         p.add_argument(o.flag, dest=f"{o.section}.{o.name}", type=o.type, choices=o.choices,
                        metavar=None if o.choices else o.name.upper(), help=f"{o.help} (default: {o.default})")
 
@@ -74,7 +75,7 @@ def parser() -> argparse.ArgumentParser:
     _add_config(p)
     p.add_argument("--rule", help="max-f1 | fpr:<x> | recall:<x> | fixed:<value>")
     p.add_argument("--model-version", help="registered version to calibrate (default: the last trained)")
-    _add_settings(p, "score")
+    _add_settings(p, "score", only=("device",))
     p = sub.add_parser("score", help="score a folder of images with the champion model")
     p.add_argument("--raw", required=True)
     p.add_argument("--date", help="report date YYYY-MM-DD (default: today)")
@@ -99,7 +100,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--raw", help="also benchmark this folder of images ...")
     p.add_argument("--labels", help="... with this labels CSV (default: <raw>/labels.csv)")
     p.add_argument("--config", type=Path, help="JSON file overriding config defaults")
-    _add_settings(p, "score")
+    _add_settings(p, "score", only=("device",))
     p = sub.add_parser("pipeline", help="ingest -> train -> calibrate -> promote")
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--labels")

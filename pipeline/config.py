@@ -137,6 +137,8 @@ class ScoreConfig:
     region_size_frac: float = 0.125  # smallest side of the reported strongest-error box, fraction of the crop
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where to score (the model and every score; auto: the "
                                                              "GPU when there is one)")
+    decode_workers: int = option(0, "processes that read, decode and crop images while the model scores (0: in "
+                                    "this process; on a many-core GPU box, about the core count)")
 
 
 @dataclass(frozen=True)

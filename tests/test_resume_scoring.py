@@ -76,3 +76,17 @@ def test_killed_run_resumes_and_reports_each_image_once_with_identical_scores(ch
     again = score_stage(inbox, work, cfg, day=date(2026, 3, 1))
     assert (again.n_scored, again.n_skipped, again.n_report) == (0, 30, 30)
     assert pd.read_csv(day_dir / "scores.csv", keep_default_na=False).equals(report)
+
+
+def test_decode_workers_give_the_same_report(champion, tmp_path: Path):
+    """score.decode_workers (processes that decode while the model scores) changes speed only."""
+    work, cfg = champion
+    inbox = tmp_path / "inbox"
+    generate(inbox, n=20, seed=3)
+    (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    plain = score_stage(inbox, tmp_path / "w1", cfg, day=date(2026, 3, 3), out=tmp_path / "r1")
+    workers = score_stage(inbox, tmp_path / "w2", cfg.replace("score", decode_workers=2), day=date(2026, 3, 3),
+                          out=tmp_path / "r2")
+    assert (workers.n_scored, workers.n_quarantined) == (plain.n_scored, plain.n_quarantined) == (20, 1)
+    ours, theirs = (pd.read_csv(d / "scores.csv").drop(columns="scored_at") for d in (plain.report_dir, workers.report_dir))
+    pd.testing.assert_frame_equal(ours, theirs)

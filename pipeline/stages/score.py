@@ -23,7 +23,7 @@ from pipeline.device import pick_device
 from pipeline.drift import DriftCheck, check_drift
 from pipeline.files import atomic_write_text, sha256_file
 from pipeline.gallery import write_gallery
-from pipeline.ingest import (QUARANTINE_COLUMNS, Progress, Rejected, list_inputs, prepare_many, quarantine_rows,
+from pipeline.ingest import (QUARANTINE_COLUMNS, Progress, Rejected, decoding, list_inputs, quarantine_rows,
                              record_quarantine)
 from pipeline.ledger import Ledger
 from pipeline.locks import workdir_lock
@@ -116,18 +116,19 @@ def score_shard(plan: ScoringPlan, paths: list[str], workdir: Path, cfg: PanelCo
     raw, day_dir = Path(plan.raw), _day_dir(plan, workdir, out)
     ledger = Ledger(WorkDirs(Path(workdir)).ledger)
     n_scored, quarantine = 0, []
-    for first in range(0, len(paths), model_cfg.score.batch_images):
-        batch = [Path(p) for p in paths[first:first + model_cfg.score.batch_images]]
-        crops, rejected = prepare_many(batch, model_cfg.ingest)
-        quarantine += quarantine_rows(rejected, raw).to_dict("records")
-        if crops:
-            scored = score_crops(model, torch.stack([c.pixels for c in crops]), model_cfg.score, model_cfg.model)
-            rows, heatmaps = report_rows(crops, scored, calibration, raw, model_cfg.score.region_size_frac)
-            write_heatmaps(day_dir, heatmaps)  # before the ledger: a committed row's heatmap exists
-            ledger.add(plan.report_date, version, rows, [row["source_sha256"] for row in rows])
-            n_scored += len(rows)
-        if progress is not None:
-            progress(first + len(batch), len(paths))
+    with decoding(cfg.score.decode_workers) as prepare:  # this run's setting, like the device
+        for first in range(0, len(paths), model_cfg.score.batch_images):
+            batch = [Path(p) for p in paths[first:first + model_cfg.score.batch_images]]
+            crops, rejected = prepare(batch, model_cfg.ingest)
+            quarantine += quarantine_rows(rejected, raw).to_dict("records")
+            if crops:
+                scored = score_crops(model, torch.stack([c.pixels for c in crops]), model_cfg.score, model_cfg.model)
+                rows, heatmaps = report_rows(crops, scored, calibration, raw, model_cfg.score.region_size_frac)
+                write_heatmaps(day_dir, heatmaps)  # before the ledger: a committed row's heatmap exists
+                ledger.add(plan.report_date, version, rows, [row["source_sha256"] for row in rows])
+                n_scored += len(rows)
+            if progress is not None:
+                progress(first + len(batch), len(paths))
     return ShardResult(n_scored, quarantine)
 
 
