@@ -45,3 +45,16 @@ def test_cuda_without_a_gpu_is_one_clear_line():
     assert pick_device("auto").type == "cpu"
     with pytest.raises(UserError, match="--device cuda requested but no CUDA device is available"):
         pick_device("cuda")
+
+
+def test_the_gpu_batch_grows_with_the_set_and_the_cpu_batch_never_changes():
+    from pipeline.config import TrainConfig
+    from pipeline.train import device_batch
+
+    tc = TrainConfig()
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert device_batch(tc, 12_926, cpu) == (16, tc.lr)  # CPU: as configured, whatever the set
+    assert device_batch(tc, 244, cuda) == (16, tc.lr)  # a small set trains exactly as on a CPU
+    batch, lr = device_batch(tc, 12_926, cuda)
+    assert batch == 256 and abs(lr - tc.lr * 4) < 1e-12  # sqrt(256 / 16) = 4
+    assert device_batch(tc, 3_200, cuda)[0] == 100  # at least 32 steps an epoch
