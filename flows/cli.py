@@ -20,6 +20,10 @@ def _add_settings(p: argparse.ArgumentParser, *sections: str, only: tuple[str, .
     """The config settings of these sections that are command-line options (pipeline/config.py),
     or only the named ones."""
     for o in (o for section in sections for o in cli_options(section) if not only or o.name in only):
+        if o.type is bool:  # --compile / --no-compile
+            p.add_argument(o.flag, dest=f"{o.section}.{o.name}", action=argparse.BooleanOptionalAction,
+                           default=None, help=f"{o.help} (default: {'on' if o.default else 'off'})")
+            continue
         p.add_argument(o.flag, dest=f"{o.section}.{o.name}", type=o.type, choices=o.choices,
                        metavar=None if o.choices else o.name.upper(), help=f"{o.help} (default: {o.default})")
 

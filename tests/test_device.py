@@ -38,6 +38,9 @@ def test_device_option_reaches_the_score_config_of_every_scoring_command():
                  ["calibrate", "--device", "cpu"], ["bench", "--device", "cpu"]):
         assert build_config(parser().parse_args(argv)).score.device == "cpu", argv
     assert build_config(parser().parse_args(["score", "--raw", "x"])).score.device == "auto"
+    assert build_config(parser().parse_args(["train", "--compile"])).train.compile is True
+    assert build_config(parser().parse_args(["train", "--no-compile"])).train.compile is False
+    assert build_config(parser().parse_args(["train"])).train.compile is False
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
