@@ -6,6 +6,7 @@ Exit code is non-zero on failure, with a one-line reason on stderr.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -132,6 +133,7 @@ class _UserErrorsInOneLine(logging.Filter):
         return not ("Failed" in message or "exception" in message) or not any(m in message for m in _user_error_marks())
 
 
+@functools.cache
 def _user_error_marks() -> tuple[str, ...]:
     """How Prefect's state messages name a user error: 'LabelsError: ...', 'UserError(...)', '[Errno 28]'."""
     classes, todo = [], [UserError]

@@ -73,7 +73,8 @@ def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
     return maps.reshape(b, c, h, w)
 
 
-def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: ModelConfig) -> ScoredBatch:
+def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: ModelConfig,
+               keep_heatmaps: bool = True) -> ScoredBatch:
     """All candidate scores from one batch of inputs and the model's outputs. The heatmap is the
     normalised blurred error: where this image's error exceeds what clean panels show at that
     pixel (connector edges always reconstruct worse)."""
@@ -100,7 +101,8 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     # One copy to the host per batch: every score, the heatmaps and the family index.
     names = list(scores)
     host = torch.stack([scores[n].double() for n in names]).cpu().numpy()
-    return ScoredBatch(dict(zip(names, host)), heat[:, 0].cpu(), out.family.long().cpu().numpy())
+    heatmaps = heat[:, 0].cpu() if keep_heatmaps else heat.new_zeros(0, *heat.shape[-2:]).cpu()  # copied only if kept
+    return ScoredBatch(dict(zip(names, host)), heatmaps, out.family.long().cpu().numpy())
 
 
 @torch.inference_mode()
@@ -114,10 +116,7 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
         out = ModelOutput.of(model(x.contiguous(memory_format=torch.channels_last)))
         out = ModelOutput(*(None if t is None else t.float() for t in out[:3]), out.family,
                           None if out.anomaly_map is None else out.anomaly_map.float())
-        part = score_maps(x, out, cfg, model_cfg)
-        if not keep_heatmaps:
-            part.heatmaps = part.heatmaps[:0]
-        parts.append(part)
+        parts.append(score_maps(x, out, cfg, model_cfg, keep_heatmaps))
     if not parts:
         size = crops.shape[-1] if crops.ndim == 4 else 0
         names = [n for n in score_names(model_cfg.model_type, model_cfg.head_steps > 0) if n != COMBINED]
