@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from torchvision.utils import draw_bounding_boxes
@@ -18,7 +19,7 @@ from pipeline.defect_type import DefectTypeClassifier, error_features
 from pipeline.files import atomic_write_csv
 from pipeline.images import to_float, to_uint8, write_png
 from pipeline.ingest import Crop
-from pipeline.scoring import ScoredBatch, scaled_scores, strongest_region, worst_crop
+from pipeline.scoring import ScoredBatch, box_in_source, peak_region, scaled_scores, worst_crop
 
 REPORT_COLUMNS = ["image_path", "crop_id", "panel_id", "score", "threshold", "flagged", "severity", "region",
                   "heatmap_path", "suspected_defect", "suspected_confidence", "score_name", "family", "model_name",
@@ -58,31 +59,39 @@ def report_rows(crops: list[Crop], scored: ScoredBatch, calibration: Calibration
     heatmaps of the flagged images."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     values = scaled_scores(scored.scores, scored.family, calibration.score_scale)[calibration.score_name]
-    classifier = DefectTypeClassifier.from_dict(calibration.defect_classifier)
+    worst = worst_crop(values, [crop.source_sha256 for crop in crops])
+    flagged = values[worst] >= calibration.threshold
+    suspected, confidence = _suspected_types(calibration, scored.heatmaps, worst[flagged])
     rows, heatmaps = [], []
-    for i in worst_crop(values, [crop.source_sha256 for crop in crops]):
+    for n, i in enumerate(worst):
         crop, score, heat = crops[i], values[i], scored.heatmaps[i]
-        flagged = bool(score >= calibration.threshold)
-        heatmap_path, suspected, confidence = "", "", float("nan")
-        if flagged and classifier is not None:
-            kinds, probabilities = classifier.predict(error_features(heat[None]))
-            suspected, confidence = str(kinds[0]), float(probabilities[0])
-        if flagged:
-            side = heat.shape[-1]
+        heatmap_path, region = "", peak_region(heat, region_size_frac)
+        if flagged[n]:
             heatmap_path = f"heatmaps/{crop.crop_id[:16]}.png"
-            heatmaps.append(Heatmap(heatmap_path, crop.pixels, heat, strongest_region(heat, (0, 0, side, side),
-                                                                                      region_size_frac)))
+            heatmaps.append(Heatmap(heatmap_path, crop.pixels, heat, region))
         image_path = crop.source_path.relative_to(raw)
         rows.append(dict(image_path=image_path.as_posix(), crop_id=crop.crop_id, source_sha256=crop.source_sha256,
                          panel_id=str(image_path.with_suffix("")), score=float(score),
-                         threshold=calibration.threshold, flagged=flagged,
+                         threshold=calibration.threshold, flagged=bool(flagged[n]),
                          severity=float(score / calibration.threshold) if calibration.threshold else float("inf"),
-                         region=",".join(map(str, strongest_region(heat, crop.bbox, region_size_frac))),
-                         heatmap_path=heatmap_path, suspected_defect=suspected, suspected_confidence=confidence,
-                         score_name=calibration.score_name,
+                         region=",".join(map(str, box_in_source(region, crop.bbox, heat.shape))),
+                         heatmap_path=heatmap_path, suspected_defect=suspected.get(i, ""),
+                         suspected_confidence=confidence.get(i, float("nan")), score_name=calibration.score_name,
                          family=calibration.families[scored.family[i]] if calibration.families else "",
                          model_name=calibration.model_name, model_version=calibration.model_version, scored_at=now))
     return rows, heatmaps
+
+
+def _suspected_types(calibration: Calibration, heatmaps: torch.Tensor,
+                     crops: np.ndarray) -> tuple[dict[int, str], dict[int, float]]:
+    """The defect type the calibration's classifier suspects for these crops (flagged ones), and
+    its probability, by crop position; empty without a classifier. One call for the whole batch."""
+    classifier = DefectTypeClassifier.from_dict(calibration.defect_classifier)
+    if classifier is None or len(crops) == 0:
+        return {}, {}
+    kinds, probabilities = classifier.predict(error_features(heatmaps[torch.from_numpy(crops)]))
+    return ({int(i): str(k) for i, k in zip(crops, kinds)},
+            {int(i): float(p) for i, p in zip(crops, probabilities)})
 
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # what Excel and LibreOffice read as the start of a formula

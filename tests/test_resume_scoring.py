@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from datetime import date
 from pathlib import Path
 
@@ -90,3 +91,45 @@ def test_decode_workers_give_the_same_report(champion, tmp_path: Path):
     assert (workers.n_scored, workers.n_quarantined) == (plain.n_scored, plain.n_quarantined) == (20, 1)
     ours, theirs = (pd.read_csv(d / "scores.csv").drop(columns="scored_at") for d in (plain.report_dir, workers.report_dir))
     pd.testing.assert_frame_equal(ours, theirs)
+
+
+def test_scoring_decodes_the_next_chunk_while_the_last_one_scores_with_at_most_one_waiting(champion, tmp_path, monkeypatch):
+    """The two-stage pipeline: decoding runs ahead of the model by one chunk, never more (a day of
+    any size streams in bounded memory); progress reaches the total; the caller's torch thread
+    count is left as it was."""
+    import torch
+
+    import pipeline.stages.score as stages
+    from pipeline.ingest import prepare_many
+    from pipeline.ledger import Ledger
+
+    work, cfg = champion  # one image per chunk (score.batch_images 1)
+    inbox = tmp_path / "inbox"
+    generate(inbox, n=12, seed=5)
+    prepared, committed, ahead, progress = [0], [0], [], []
+    real_prepare, real_score, real_add = prepare_many, stages.score_crops, Ledger.add
+
+    def counting_prepare(*args, **kwargs):
+        out = real_prepare(*args, **kwargs)
+        prepared[0] += 1
+        ahead.append(prepared[0] - committed[0])  # chunks decoded but not yet in the ledger
+        return out
+
+    def slow_score(*args, **kwargs):  # a slow model: decoding has time to run ahead if it can
+        time.sleep(0.05)
+        return real_score(*args, **kwargs)
+
+    def counting_add(self, *args, **kwargs):
+        real_add(self, *args, **kwargs)
+        committed[0] += 1
+
+    monkeypatch.setattr(stages, "decoding", lambda workers: nullcontext(counting_prepare))
+    monkeypatch.setattr(stages, "score_crops", slow_score)
+    monkeypatch.setattr(Ledger, "add", counting_add)
+    threads = torch.get_num_threads()
+    outcome = score_stage(inbox, work, cfg, day=date(2026, 3, 4), progress=lambda done, total: progress.append(done))
+    assert outcome.n_scored == 12 and committed[0] == 12
+    assert max(ahead) == 2  # the next chunk was decoded while the previous one scored ...
+    assert progress[-1] == 12 and progress == sorted(progress)  # ... and never two ahead of the ledger
+    assert torch.get_num_threads() == threads
+

@@ -23,7 +23,7 @@ from pipeline.families import routing_accuracy
 from pipeline.files import atomic_write_text
 from pipeline.promotion import Promotion, gate, promotion
 from pipeline.report import heatmap_overlay
-from pipeline.scoring import strongest_region
+from pipeline.scoring import peak_region
 from pipeline.split_scores import SplitScores, score_split, score_val_test
 from pipeline.stages.train import latest_trained_version
 from pipeline.workspace import (
@@ -126,8 +126,7 @@ def _calibration_figures(test: SplitScores, rows: pd.DataFrame, crops: torch.Ten
     for kind, picks in (("false positive", false_pos), ("missed", false_neg)):
         for i in picks:
             heat, crop = test.crops.heatmaps[worst[i]], crops[worst[i]]
-            side = heat.shape[-1]
-            images.append(heatmap_overlay(crop, heat, strongest_region(heat, (0, 0, side, side), cfg.score.region_size_frac)))
+            images.append(heatmap_overlay(crop, heat, peak_region(heat, cfg.score.region_size_frac)))
             source = Path(rows["source_path"].iloc[worst[i]]).name
             captions.append(f"{kind}: {labels[i]}\n{source[:24]} {scores[i]:.3g}")
     figures["worst_errors"] = plots.example_grid_figure(
