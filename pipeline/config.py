@@ -132,7 +132,7 @@ class ScoreConfig:
     norm_eps: float = 0.5  # norm_blur_max divides by (clean error + norm_eps * its mean)
     batch_size: int = 64  # crops per forward pass
     # most images per ledger commit (the most a crash can make a re-run redo); decoding in this
-    # process commits every stages.score.PIPELINE_STEP (32) images, decode workers every batch_images
+    # process commits every batch_scoring.PIPELINE_STEP (32) images, decode workers every batch_images
     batch_images: int = 256
     drift_psi: float = 0.25  # PSI of clean-looking scores vs calibration above which a batch has drifted
     drift_flag_rate: float = 0.8  # a batch with at least this share flagged has drifted

@@ -23,14 +23,15 @@ SLOW_SCORER = """
 import json, sys, time
 from datetime import date
 from pathlib import Path
+import pipeline.batch_scoring as batch_scoring
 import pipeline.stages.score as stages
 from pipeline.config import PanelConfig
 
-real = stages.score_crops
+real = batch_scoring.score_crops
 def slow(*args, **kwargs):  # a big model on a slow box: each batch takes a while
     time.sleep(0.15)
     return real(*args, **kwargs)
-stages.score_crops = slow
+batch_scoring.score_crops = slow
 inbox, work, cfg = sys.argv[1], sys.argv[2], PanelConfig.from_dict(json.loads(sys.argv[3]))
 stages.score_stage(Path(inbox), Path(work), cfg, day=date(2026, 3, 1))
 """
@@ -99,7 +100,7 @@ def test_scoring_decodes_the_next_chunk_while_the_last_one_scores_with_at_most_o
     count is left as it was."""
     import torch
 
-    import pipeline.stages.score as stages
+    import pipeline.batch_scoring as batch_scoring
     from pipeline.ingest import prepare_many
     from pipeline.ledger import Ledger
 
@@ -107,7 +108,7 @@ def test_scoring_decodes_the_next_chunk_while_the_last_one_scores_with_at_most_o
     inbox = tmp_path / "inbox"
     generate(inbox, n=12, seed=5)
     prepared, committed, ahead, progress = [0], [0], [], []
-    real_prepare, real_score, real_add = prepare_many, stages.score_crops, Ledger.add
+    real_prepare, real_score, real_add = prepare_many, batch_scoring.score_crops, Ledger.add
 
     def counting_prepare(*args, **kwargs):
         out = real_prepare(*args, **kwargs)
@@ -123,8 +124,8 @@ def test_scoring_decodes_the_next_chunk_while_the_last_one_scores_with_at_most_o
         real_add(self, *args, **kwargs)
         committed[0] += 1
 
-    monkeypatch.setattr(stages, "decoding", lambda workers: nullcontext(counting_prepare))
-    monkeypatch.setattr(stages, "score_crops", slow_score)
+    monkeypatch.setattr(batch_scoring, "decoding", lambda workers: nullcontext(counting_prepare))
+    monkeypatch.setattr(batch_scoring, "score_crops", slow_score)
     monkeypatch.setattr(Ledger, "add", counting_add)
     threads = torch.get_num_threads()
     outcome = score_stage(inbox, work, cfg, day=date(2026, 3, 4), progress=lambda done, total: progress.append(done))

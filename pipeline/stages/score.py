@@ -9,27 +9,24 @@ import json
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from pipeline import tracking
+from pipeline.batch_scoring import score_files
 from pipeline.calibrate import Calibration
-from pipeline.config import PanelConfig, ScoreConfig
+from pipeline.config import PanelConfig
 from pipeline.device import pick_device
 from pipeline.drift import DriftCheck, check_drift
 from pipeline.files import atomic_write_text, sha256_file
 from pipeline.gallery import write_gallery
-from pipeline.ingest import (QUARANTINE_COLUMNS, Crop, Progress, Rejected, decoding, list_inputs, quarantine_rows,
-                             record_quarantine)
+from pipeline.ingest import QUARANTINE_COLUMNS, Progress, Rejected, list_inputs, quarantine_rows, record_quarantine
 from pipeline.ledger import Ledger
 from pipeline.locks import workdir_lock
-from pipeline.report import report_rows, write_heatmaps, write_report
-from pipeline.scoring import score_crops
+from pipeline.report import Heatmap, write_heatmaps, write_report
 from pipeline.workspace import WorkDirs
 
 REPORT_FILES = ("flagged.csv", "scores.csv", "index.html", "drift.json")  # logged with the panel-score run
@@ -108,65 +105,22 @@ def _day_dir(plan: ScoringPlan, workdir: Path, out: Path | None) -> Path:
 
 def score_shard(plan: ScoringPlan, paths: list[str], workdir: Path, cfg: PanelConfig, out: Path | None = None,
                 progress: Progress | None = None) -> ShardResult:
-    """Score some of a plan's images (one shard, or all of them), a chunk at a time, as a two-stage
-    pipeline: this thread reads, decodes and crops the next chunk while a scoring thread runs the
-    model on the last one, writes its heatmaps and commits its rows to the ledger (chunks in order,
-    at most one waiting: memory stays bounded). Decoding and cropping hold the GIL; torch releases
-    it, so on two cores the model costs little beyond the I/O floor."""
+    """Score some of a plan's images (one shard, or all of them) through the two-stage pipeline
+    (pipeline/batch_scoring.py), committing each chunk's rows to the ledger as it is scored."""
     tracking.configure(cfg.tracking)
     name, version = cfg.tracking.model_name, plan.model_version
-    model_cfg, calibration = plan.model_config(), Calibration.from_dict(plan.calibration)
     raw, day_dir = Path(plan.raw), _day_dir(plan, workdir, out)
     ledger = Ledger(WorkDirs(Path(workdir)).ledger)
-    chunk = scoring_chunk(model_cfg.score, cfg.score.decode_workers)
-    quarantine: list[dict] = []
 
-    # One core stays with decoding here: torch's threads spinning on it would stall both stages.
-    threads = max(1, torch.get_num_threads() - (cfg.score.decode_workers <= 0))
-    with ThreadPoolExecutor(1, "panelscan-score", initializer=torch.set_num_threads, initargs=(threads,)) as scorer:
-        # this run's device, not training's; loaded while the first chunk decodes
-        model = scorer.submit(tracking.load_model, name, version, pick_device(cfg.score.device))
+    def commit(rows: list[dict], heatmaps: list[Heatmap]) -> None:
+        write_heatmaps(day_dir, heatmaps)  # before the ledger: a committed row's heatmap exists
+        ledger.add(plan.report_date, version, rows, [row["source_sha256"] for row in rows])
 
-        def score_and_commit(crops: list[Crop]) -> int:
-            scored = score_crops(model.result(), torch.stack([c.pixels for c in crops]), model_cfg.score,
-                                 model_cfg.model)
-            rows, heatmaps = report_rows(crops, scored, calibration, raw, model_cfg.score.region_size_frac)
-            write_heatmaps(day_dir, heatmaps)  # before the ledger: a committed row's heatmap exists
-            ledger.add(plan.report_date, version, rows, [row["source_sha256"] for row in rows])
-            return len(rows)
-
-        n_scored, pending = 0, None
-        with decoding(cfg.score.decode_workers) as prepare:  # this run's setting, like the device
-            for first in range(0, len(paths), chunk):
-                batch = [Path(p) for p in paths[first:first + chunk]]
-                crops, rejected = prepare(batch, model_cfg.ingest)
-                quarantine += quarantine_rows(rejected, raw).to_dict("records")
-                n_scored += _settle(pending, progress, len(paths))
-                pending = (scorer.submit(score_and_commit, crops) if crops else None, first + len(batch))
-        n_scored += _settle(pending, progress, len(paths))
-        model.result()  # a load error surfaces even when no chunk had an image to score
-    return ShardResult(n_scored, quarantine)
-
-
-PIPELINE_STEP = 32  # images: short first and last steps (the parts nothing overlaps) at little cost per step
-
-
-def scoring_chunk(score: ScoreConfig, decode_workers: int) -> int:
-    """Images per pipeline step and ledger commit: PIPELINE_STEP when this process decodes, a
-    commit's worth (score.batch_images) with decode workers, since each step is split among them."""
-    return score.batch_images if decode_workers > 0 else max(1, min(score.batch_images, PIPELINE_STEP))
-
-
-def _settle(pending: tuple[Future | None, int] | None, progress: Progress | None, total: int) -> int:
-    """Wait until a submitted chunk is committed (re-raising its error), report progress up to its
-    last image, and return how many images it scored."""
-    if pending is None:
-        return 0
-    future, done = pending
-    n_scored = future.result() if future is not None else 0
-    if progress is not None:
-        progress(done, total)
-    return n_scored
+    # This run's device and decode workers, not training's.
+    n_scored, rejected = score_files(
+        [Path(p) for p in paths], lambda: tracking.load_model(name, version, pick_device(cfg.score.device)),
+        plan.model_config(), Calibration.from_dict(plan.calibration), raw, commit, cfg.score.decode_workers, progress)
+    return ShardResult(n_scored, quarantine_rows(rejected, raw).to_dict("records"))
 
 
 def finish_scoring(plan: ScoringPlan, shards: list[ShardResult], workdir: Path, cfg: PanelConfig,
