@@ -105,9 +105,13 @@ def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset) -> tuple
                             keep_heatmaps=bool(dataset.masks))
     name = select_score(scored.val.scores, scored.val.labels, scored.synthetic)
     val = evaluate(scored.val.scores[name], scored.val.labels)  # the labelled val figure, beside the pasted one
+    # What the choice saw (validation only), and each candidate's test figure beside it: what the
+    # choice cost or gained, for the analyst; never an input to the choice.
     candidates = {score: {"val_roc_auc": evaluate(values, scored.val.labels).get("roc_auc", float("nan")),
-                          "val_synthetic_auc": scored.synthetic.get(score, float("nan"))}
-                  for score, values in scored.val.scores.items()}  # what the choice saw, validation only
+                          "val_synthetic_auc": scored.synthetic.get(score, float("nan")),
+                          "test_roc_auc": evaluate(scored.test.scores[score], scored.test.labels).get("roc_auc",
+                                                                                                      float("nan"))}
+                  for score, values in scored.val.scores.items()}
     metrics = image_metrics(scored.test.crops.scores[name], split.test, dataset.groups) | {
         "score": name, "val_roc_auc": val.get("roc_auc", float("nan")),
         "val_synthetic_auc": scored.synthetic.get(name, float("nan")), "image_ids": dataset_hash(split.test, "source_sha256"),

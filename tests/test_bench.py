@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from PIL import Image
 
@@ -57,6 +58,9 @@ def test_tiny_bench_has_the_schema_and_identical_test_images_for_every_method(sy
     assert result["summary"]["pca_recon"] == {"mean_roc_auc": methods["pca_recon"]["roc_auc"],
                                               "min_roc_auc": methods["pca_recon"]["roc_auc"], "sets": 1}
     assert methods["panelscan_convvae"]["score"] in score_names("convvae")
+    for name in ("panelscan_convvae", "panelscan_vqvae"):  # every candidate's test figure, the chosen one's = the row's
+        chosen = methods[name]["candidates"][methods[name]["score"]]
+        assert chosen["test_roc_auc"] == pytest.approx(methods[name]["roc_auc"])
     for speed in tiny["speed"].values():
         assert speed["io_floor_images_per_s"] > 0 and speed["end_to_end_images_per_s"] > 0
         assert speed["seconds_per_epoch"] > 0 and np.isfinite(speed["end_to_end_share_of_floor"])
