@@ -117,7 +117,7 @@ def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset) -> tuple
         "val_synthetic_auc": scored.synthetic.get(name, float("nan")), "image_ids": dataset_hash(split.test, "source_sha256"),
         "families": [f for f in trained.results if f], "candidates": candidates}
     if dataset.masks:
-        metrics |= pixel_roc_auc(scored.test.crops.heatmaps, split.test, dataset.masks)
+        metrics |= pixel_roc_auc(scored.test.crops.maps(name), split.test, dataset.masks)
     if trained.classifier is not None:  # clean val crops; test crops, defects included
         metrics["router_val_accuracy"] = trained.classifier.accuracy
         metrics["router_test_accuracy"] = routing_accuracy(scored.test.crops.family, split.test["family"].to_numpy(str),

@@ -5,7 +5,7 @@ likely a defect is. It learns from clean training crops with synthetic defects p
 them (pipeline/selfcheck.py, a stream of its own), the target being where the paste went; focal
 loss, as DRAEM, because defect pixels are rare. Its map is exported with the model (WithHead), so
 calibration, nightly scoring and the benchmark read it the same way: the candidate scores
-head_blur_max / head_area_max and the heatmap come from it.
+head_blur_max / head_area_max come from it, and so does the heatmap when one of them is chosen.
 """
 
 from __future__ import annotations

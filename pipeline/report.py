@@ -61,10 +61,11 @@ def report_rows(crops: list[Crop], scored: ScoredBatch, calibration: Calibration
     values = scaled_scores(scored.scores, scored.family, calibration.score_scale)[calibration.score_name]
     worst = worst_crop(values, [crop.source_sha256 for crop in crops])
     flagged = values[worst] >= calibration.threshold
-    suspected, confidence = _suspected_types(calibration, scored.heatmaps, worst[flagged])
+    maps = scored.maps(calibration.score_name)  # where the chosen score looks
+    suspected, confidence = _suspected_types(calibration, maps, worst[flagged])
     rows, heatmaps = [], []
     for n, i in enumerate(worst):
-        crop, score, heat = crops[i], values[i], scored.heatmaps[i]
+        crop, score, heat = crops[i], values[i], maps[i]
         heatmap_path, region = "", peak_region(heat, region_size_frac)
         if flagged[n]:
             heatmap_path = f"heatmaps/{crop.crop_id[:16]}.png"

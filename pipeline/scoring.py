@@ -45,16 +45,26 @@ def score_names(model_type: str, head: bool = False) -> tuple[str, ...]:
 
 @dataclass
 class ScoredBatch:
-    """Every candidate score per image, plus the blurred error maps (heatmaps)."""
+    """Every candidate score per image, plus the blurred error maps (heatmaps) and, for a model with
+    a defect head, the head's blurred maps."""
 
     scores: dict[str, np.ndarray]  # score name -> (N,), raw (scaled_scores makes families comparable)
-    heatmaps: torch.Tensor  # (N, S, S) float, blurred squared error
+    heatmaps: torch.Tensor  # (N, S, S) float, blurred error beyond what clean panels show
     family: np.ndarray  # (N,) index of the family (model) that scored each crop; 0 without families
+    head_maps: torch.Tensor | None = None  # (N, S, S) blurred defect-head probability; None without a head
+
+    def maps(self, score_name: str) -> torch.Tensor:
+        """The maps that show where `score_name` looks: the head's for a head score, else the error's
+        (a flagged image's heatmap and box point at what raised its score)."""
+        return self.head_maps if score_name in HEAD_SCORES and self.head_maps is not None else self.heatmaps
 
     def take(self, pick: np.ndarray) -> "ScoredBatch":
-        """The crops where pick (bool, (N,)) is true; heatmaps too when they were kept."""
-        heatmaps = self.heatmaps[torch.from_numpy(np.array(pick, dtype=bool))] if len(self.heatmaps) else self.heatmaps
-        return ScoredBatch({name: values[pick] for name, values in self.scores.items()}, heatmaps, self.family[pick])
+        """The crops where pick (bool, (N,)) is true; maps too when they were kept."""
+        mask = torch.from_numpy(np.array(pick, dtype=bool))
+        def kept(maps: torch.Tensor | None) -> torch.Tensor | None:
+            return maps[mask] if maps is not None and len(maps) else maps
+        return ScoredBatch({name: values[pick] for name, values in self.scores.items()}, kept(self.heatmaps),
+                           self.family[pick], kept(self.head_maps))
 
 
 def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -94,15 +104,18 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     }
     kind = model_class(model_cfg.model_type)
     scores[kind.latent_score_name] = kind.latent_score(x, out, model_cfg)
+    head_heat = None
     if out.anomaly_map is not None:  # the head says where defects are better than raw error does
-        heat = blur(out.anomaly_map, cfg.blur_sigma)
-        scores["head_blur_max"] = heat.flatten(1).amax(dim=1)
+        head_heat = blur(out.anomaly_map, cfg.blur_sigma)
+        scores["head_blur_max"] = head_heat.flatten(1).amax(dim=1)
         scores["head_area_max"] = blur(out.anomaly_map, cfg.area_sigma).flatten(1).amax(dim=1)
-    # One copy to the host per batch: every score, the heatmaps and the family index.
+    # One copy to the host per batch: every score, the maps (only if kept) and the family index.
     names = list(scores)
     host = torch.stack([scores[n].double() for n in names]).cpu().numpy()
-    heatmaps = heat[:, 0].cpu() if keep_heatmaps else heat.new_zeros(0, *heat.shape[-2:]).cpu()  # copied only if kept
-    return ScoredBatch(dict(zip(names, host)), heatmaps, out.family.long().cpu().numpy())
+    def kept(maps: torch.Tensor) -> torch.Tensor:
+        return maps[:, 0].cpu() if keep_heatmaps else maps.new_zeros(0, *maps.shape[-2:]).cpu()
+    return ScoredBatch(dict(zip(names, host)), kept(heat), out.family.long().cpu().numpy(),
+                       None if head_heat is None else kept(head_heat))
 
 
 @torch.inference_mode()
@@ -122,7 +135,8 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
         names = [n for n in score_names(model_cfg.model_type, model_cfg.head_steps > 0) if n != COMBINED]
         return ScoredBatch({name: np.zeros(0) for name in names}, torch.zeros(0, size, size), np.zeros(0, dtype=int))
     return ScoredBatch({name: np.concatenate([p.scores[name] for p in parts]) for name in parts[0].scores},
-                       torch.cat([p.heatmaps for p in parts]), np.concatenate([p.family for p in parts]))
+                       torch.cat([p.heatmaps for p in parts]), np.concatenate([p.family for p in parts]),
+                       None if parts[0].head_maps is None else torch.cat([p.head_maps for p in parts]))
 
 
 def clean_medians(values: np.ndarray, family: np.ndarray, clean: np.ndarray, n_families: int) -> list[float]:

@@ -31,8 +31,8 @@ class SplitScores:
         return worst_crop(self.crops.scores[score_name], self.image_keys)
 
     def heatmaps(self, score_name: str) -> torch.Tensor:
-        """Each image's anomaly map from its highest-scoring crop under score_name."""
-        return self.crops.heatmaps[torch.as_tensor(self.worst(score_name).copy())]
+        """Each image's map for score_name (ScoredBatch.maps) from its highest-scoring crop under it."""
+        return self.crops.maps(score_name)[torch.as_tensor(self.worst(score_name).copy())]
 
 
 def per_image(scored: ScoredBatch, rows: pd.DataFrame, scale: dict[str, list[float]]) -> SplitScores:

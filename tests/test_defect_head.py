@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -57,3 +58,16 @@ def test_a_model_with_a_head_scores_the_same_from_the_registry(headed):
     for name in before.scores:
         assert after.scores[name] == pytest.approx(before.scores[name], rel=1e-4, abs=1e-6), name
     assert torch.allclose(after.heatmaps, before.heatmaps, atol=1e-5)
+    assert torch.allclose(after.head_maps, before.head_maps, atol=1e-5)
+
+
+def test_the_heatmap_follows_the_chosen_score_the_head_map_only_for_a_head_score(headed):
+    model, held_out, cfg, _ = headed
+    with_head, without = (score_crops(m, held_out, cfg.score, cfg.model) for m in (model, model.model))
+    assert torch.allclose(with_head.maps("norm_blur_max"), without.heatmaps)  # a head leaves the error map alone
+    head_map = with_head.maps("head_blur_max")
+    assert not torch.allclose(head_map, without.heatmaps)
+    assert torch.allclose(head_map.flatten(1).amax(dim=1).double(),
+                          torch.from_numpy(with_head.scores["head_blur_max"]))  # the map whose peak is the score
+    picked = with_head.take(np.arange(len(held_out)) % 2 == 0)
+    assert torch.equal(picked.maps("head_area_max"), head_map[::2])

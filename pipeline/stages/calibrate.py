@@ -125,7 +125,7 @@ def _calibration_figures(test: SplitScores, rows: pd.DataFrame, crops: torch.Ten
     images, captions = [], []
     for kind, picks in (("false positive", false_pos), ("missed", false_neg)):
         for i in picks:
-            heat, crop = test.crops.heatmaps[worst[i]], crops[worst[i]]
+            heat, crop = test.crops.maps(calibration.score_name)[worst[i]], crops[worst[i]]
             images.append(heatmap_overlay(crop, heat, peak_region(heat, cfg.score.region_size_frac)))
             source = Path(rows["source_path"].iloc[worst[i]]).name
             captions.append(f"{kind}: {labels[i]}\n{source[:24]} {scores[i]:.3g}")
