@@ -41,13 +41,14 @@ SLOW_SCORE = """
 import json, sys, time
 from datetime import date
 from pathlib import Path
+import pipeline.batch_scoring as batch_scoring
 import pipeline.stages.score as stages
 from pipeline.config import PanelConfig
-real = stages.score_crops
+real = batch_scoring.score_crops
 def slow(*args, **kwargs):
     time.sleep(0.05)
     return real(*args, **kwargs)
-stages.score_crops = slow
+batch_scoring.score_crops = slow
 outcome = stages.score_stage(Path(sys.argv[1]), Path(sys.argv[2]), PanelConfig.from_dict(json.loads(sys.argv[3])),
                              day=date(2026, 3, 1))
 print("scored", outcome.n_scored, flush=True)
