@@ -31,6 +31,11 @@ def test_exported_program_loaded_for_a_device_scores_like_the_module(tmp_path: P
     for name in ours.scores:
         np.testing.assert_allclose(theirs.scores[name], ours.scores[name], rtol=1e-4, atol=1e-7, err_msg=name)
     torch.testing.assert_close(theirs.heatmaps, ours.heatmaps, rtol=1e-4, atol=1e-6)
+    with torch.autocast("cpu", torch.bfloat16):  # the GPU box scores under bf16 autocast too
+        half, half_module = (score_crops(m, crops, cfg.score, cfg.model) for m in (loaded, model))
+    for name in ours.scores:
+        np.testing.assert_allclose(half.scores[name], half_module.scores[name], rtol=1e-4, atol=1e-7, err_msg=name)
+        assert np.corrcoef(half.scores[name], ours.scores[name])[0, 1] > 0.9, name  # bf16 ranks images as fp32 does
 
 
 def test_device_option_reaches_the_score_config_of_every_scoring_command():

@@ -27,4 +27,18 @@ def save(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
 
 def load(path: Path, device: torch.device) -> nn.Module:
     """A saved program as a module whose weights, buffers and ops all run on device."""
-    return move_to_device_pass(torch.export.load(str(path)), device).module()  # on CPU too: one path, tested
+    module = move_to_device_pass(torch.export.load(str(path)), device).module()  # on CPU too: one path, tested
+    return _without_dtype_asserts(module)
+
+
+def _without_dtype_asserts(module: nn.Module) -> nn.Module:
+    """Drop export's dtype assertions. A `.float()` that was a no-op at export time (the VQ-VAE's
+    codebook distances, kept in float32) is recorded as "this tensor is float32"; under bf16
+    autocast it is bf16 there, and the cast after the assertion is what should then run."""
+    for graph_module in module.modules():
+        if isinstance(graph_module, torch.fx.GraphModule):
+            for node in list(graph_module.graph.nodes):
+                if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
+                    graph_module.graph.erase_node(node)
+            graph_module.recompile()
+    return module
