@@ -209,8 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "INFO")
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # offline sites: no telemetry ERROR line
-    # Prefect's temporary server gets 20 s to start by default; a box busy with training or a bench can need more.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    # Prefect's temporary server gets 20 s to start by default; on a box busy with training it took 2 min.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     try:
         print(run(args))
     except KeyboardInterrupt:

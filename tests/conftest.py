@@ -16,7 +16,7 @@ def isolated_stores(tmp_path, monkeypatch):
     """Never write into the user's ~/.prefect or the repo's mlruns/."""
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")  # CI boxes can be busy
+    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # CI boxes can be busy
     monkeypatch.chdir(tmp_path)
 
 
