@@ -202,7 +202,7 @@ def _calibration_line(r) -> str:
                           if k.startswith("roc_auc_") and not k.startswith("roc_auc_ci"))
     ci = f", 95% CI {test['roc_auc_ci_low']:.3f}-{test['roc_auc_ci_high']:.3f}" if "roc_auc_ci_low" in test else ""
     return (f"{cal.model_name} v{cal.model_version}: test ROC-AUC {test.get('roc_auc', float('nan')):.3f}{ci} "
-            f"({per_class}); score {cal.score_name}, threshold {cal.threshold:.4g} ({cal.rule}); {r.promoted_to}: {r.reason}")
+            f"({per_class}); score {cal.score_label}, threshold {cal.threshold:.4g} ({cal.rule}); {r.promoted_to}: {r.reason}")
 
 
 def main(argv: list[str] | None = None) -> int:

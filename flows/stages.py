@@ -166,7 +166,7 @@ def calibrate_flow(workdir: str = "data", config: dict | None = None, model_vers
     if cal.fallback:
         logger.warning(cal.note)
     logger.info("v%s: score %s, threshold %.4g (%s); test ROC-AUC %.4f, precision %.3f, recall %.3f, FPR %.3f",
-                cal.model_version, cal.score_name, cal.threshold, cal.rule, cal.test.get("roc_auc", float("nan")),
+                cal.model_version, cal.score_label, cal.threshold, cal.rule, cal.test.get("roc_auc", float("nan")),
                 cal.test.get("precision", 0), cal.test.get("recall", 0), cal.test.get("fpr", 0))
     logger.info("promotion: %s (%s)", outcome.promoted_to, outcome.reason)
     return outcome

@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 
 from pipeline.baselines import BASELINES, baseline_scores, per_family_baseline_scores
-from pipeline.calibrate import evaluate, roc_auc_ci, select_score
+from pipeline.calibrate import evaluate, roc_auc_ci, score_table
 from pipeline.config import PanelConfig
 from pipeline.defect_head import with_head
 from pipeline.errors import UserError
@@ -40,7 +40,7 @@ from pipeline.ingest import ingest, prepare_many
 from pipeline.localisation import pixel_roc_auc, read_masks
 from pipeline.models import MODEL_TYPES, model_class
 from pipeline.scoring import per_image_max, score_crops
-from pipeline.split_scores import score_val_test
+from pipeline.split_scores import choose_score, score_val_test
 from pipeline.train import train_model
 from pipeline.workspace import WorkDirs, dataset_hash, is_clean, load_crops, load_split
 
@@ -103,21 +103,19 @@ def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset) -> tuple
     model = model.to(pick_device(cfg.score.device))
     scored = score_val_test(model, split.val, split.val_x, split.test, split.test_x, cfg, len(trained.results),
                             keep_heatmaps=bool(dataset.masks))
-    name = select_score(scored.val.scores, scored.val.labels, scored.synthetic)
-    val = evaluate(scored.val.scores[name], scored.val.labels)  # the labelled val figure, beside the pasted one
+    families = [f for f in trained.results if f]
+    choice = choose_score(scored.val, scored.synthetic, len(trained.results))
     # What the choice saw (validation only), and each candidate's test figure beside it: what the
     # choice cost or gained, for the analyst; never an input to the choice.
-    candidates = {score: {"val_roc_auc": evaluate(values, scored.val.labels).get("roc_auc", float("nan")),
-                          "val_synthetic_auc": scored.synthetic.get(score, float("nan")),
-                          "test_roc_auc": evaluate(scored.test.scores[score], scored.test.labels).get("roc_auc",
-                                                                                                      float("nan"))}
-                  for score, values in scored.val.scores.items()}
-    metrics = image_metrics(scored.test.crops.scores[name], split.test, dataset.groups) | {
-        "score": name, "val_roc_auc": val.get("roc_auc", float("nan")),
-        "val_synthetic_auc": scored.synthetic.get(name, float("nan")), "image_ids": dataset_hash(split.test, "source_sha256"),
-        "families": [f for f in trained.results if f], "candidates": candidates}
+    candidates = score_table(scored.val, scored.test, choice, scored.synthetic, families)
+    chosen = choice.describe(families)
+    metrics = image_metrics(choice.values(scored.test.crops.scores, scored.test.crops.family), split.test,
+                            dataset.groups) | {
+        "score": chosen, "val_roc_auc": candidates[chosen]["val_roc_auc"],  # the labelled val figure,
+        "val_synthetic_auc": candidates[chosen]["val_synthetic_auc"],  # beside the pasted one (NaN for a mix)
+        "image_ids": dataset_hash(split.test, "source_sha256"), "families": families, "candidates": candidates}
     if dataset.masks:
-        metrics |= pixel_roc_auc(scored.test.crops.maps(name), split.test, dataset.masks)
+        metrics |= pixel_roc_auc(choice.maps(scored.test.crops), split.test, dataset.masks)
     if trained.classifier is not None:  # clean val crops; test crops, defects included
         metrics["router_val_accuracy"] = trained.classifier.accuracy
         metrics["router_test_accuracy"] = routing_accuracy(scored.test.crops.family, split.test["family"].to_numpy(str),
@@ -220,7 +218,8 @@ def markdown_table(result: dict) -> str:
             pixel = f"{m['pixel_roc_auc']:.3f}" if "pixel_roc_auc" in m else ""
             score = m.get("score", "")
             if "val_roc_auc" in m:  # how the choice looked on val: labelled images, and pasted defects
-                score += f" (val {m['val_roc_auc']:.3f}, pasted {m['val_synthetic_auc']:.3f})"
+                pasted = m["val_synthetic_auc"]  # NaN for a per-family mix
+                score += f" (val {m['val_roc_auc']:.3f}" + (f", pasted {pasted:.3f})" if pasted == pasted else ")")
             lines.append(f"| {name} | {method} | {m.get('roc_auc', float('nan')):.3f}{ci} | "
                          f"{m.get('pr_auc', float('nan')):.3f} | {pixel} | {extra} | {score} |")
     for method, s in result.get("summary", {}).items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
@@ -12,6 +12,10 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 from pipeline.drift import reference_quantiles
 from pipeline.errors import UserError
 from pipeline.labels import OK, is_defect
+from pipeline.scoring import ScoreChoice
+
+if TYPE_CHECKING:
+    from pipeline.split_scores import SplitScores
 
 
 @dataclass(frozen=True)
@@ -145,7 +149,7 @@ class Calibration:
 
     model_name: str
     model_version: str
-    score_name: str
+    score_name: str  # the score chosen over all families (the deciding one unless family_scores)
     threshold: float
     rule: str
     fallback: bool
@@ -159,6 +163,16 @@ class Calibration:
     # raw score -> each family's clean val median (scoring.scaled_scores); {}: raw scores (older versions)
     score_scale: dict[str, list[float]] = field(default_factory=dict)
     families: list[str] = field(default_factory=list)  # family name per model index; [] for one shared model
+    family_scores: list[str] = field(default_factory=list)  # deciding score per family index; []: score_name
+
+    @property
+    def choice(self) -> ScoreChoice:
+        return ScoreChoice(self.score_name, tuple(self.family_scores))
+
+    @property
+    def score_label(self) -> str:
+        """The deciding score as people read it: "norm_blur_max" or "mono: norm_blur_max, poly: elbo"."""
+        return self.choice.describe(self.families)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -168,28 +182,38 @@ class Calibration:
         return cls(**data)
 
 
-def calibrate_scores(val_scores: dict[str, np.ndarray], val_labels: np.ndarray,
-                     test_scores: dict[str, np.ndarray], test_labels: np.ndarray,
-                     rule: str, fallback_quantile: float, model_name: str, model_version: str,
-                     synthetic: dict[str, float] | None = None) -> Calibration:
-    """Pick the score function and threshold on val; report both val and test metrics at it.
-    synthetic: each score's self-supervised check on clean val crops (reported, and the choice
-    when val has few labelled defects)."""
+def score_table(val: SplitScores, test: SplitScores, choice: ScoreChoice, synthetic: dict[str, float],
+                families: list[str] | None = None) -> dict[str, dict[str, float]]:
+    """Every candidate score's val, pasted-defect and test ROC-AUC, and a per-family choice's as a
+    row of its own: what the choice saw (val only) and, beside it, what it cost or gained on test."""
+    def row(val_scores: np.ndarray, test_scores: np.ndarray, pasted: float) -> dict[str, float]:
+        return {"val_roc_auc": evaluate(val_scores, val.labels).get("roc_auc", float("nan")),
+                "test_roc_auc": evaluate(test_scores, test.labels).get("roc_auc", float("nan")),
+                "val_synthetic_auc": pasted}
+    table = {name: row(val.scores[name], test.scores[name], synthetic.get(name, float("nan"))) for name in val.scores}
+    if choice.per_family:  # the pasted-defect check scores every crop alike: no figure for a mix
+        table[choice.describe(families or ())] = row(val.chosen(choice), test.chosen(choice), float("nan"))
+    return table
+
+
+def calibrate_scores(val: SplitScores, test: SplitScores, choice: ScoreChoice, rule: str, fallback_quantile: float,
+                     model_name: str, model_version: str, synthetic: dict[str, float] | None = None,
+                     families: list[str] | None = None) -> Calibration:
+    """The threshold for the score chosen on val (split_scores.choose_score), chosen on val; val and
+    test metrics at it. synthetic: each candidate's self-supervised check on clean val crops,
+    reported beside its labelled figures. families: family name per model index."""
     synthetic = synthetic or {}
-    name = select_score(val_scores, val_labels, synthetic)
-    choice = choose_threshold(val_scores[name], val_labels, rule, fallback_quantile)
-    table = {}
-    for candidate in val_scores:
-        table[candidate] = {"val_roc_auc": evaluate(val_scores[candidate], val_labels).get("roc_auc", float("nan")),
-                            "test_roc_auc": evaluate(test_scores[candidate], test_labels).get("roc_auc", float("nan")),
-                            "val_synthetic_auc": synthetic.get(candidate, float("nan"))}
-    test = evaluate(test_scores[name], test_labels, choice.threshold)
-    if "roc_auc" in test:
-        test["roc_auc_ci_low"], test["roc_auc_ci_high"] = roc_auc_ci(test_scores[name], test_labels)
-    clean = val_scores[name][np.asarray(val_labels).astype(str) == OK]
-    val = evaluate(val_scores[name], val_labels, choice.threshold)
-    if name in synthetic:
-        val["synthetic_auc"] = synthetic[name]
-    return Calibration(model_name, str(model_version), name, choice.threshold, choice.rule, choice.fallback, choice.note,
-                       val, test, table,
-                       clean_reference=reference_quantiles(clean) if len(clean) else [])
+    val_scores, test_scores = val.chosen(choice), test.chosen(choice)
+    threshold = choose_threshold(val_scores, val.labels, rule, fallback_quantile)
+    test_metrics = evaluate(test_scores, test.labels, threshold.threshold)
+    if "roc_auc" in test_metrics:
+        test_metrics["roc_auc_ci_low"], test_metrics["roc_auc_ci_high"] = roc_auc_ci(test_scores, test.labels)
+    clean = val_scores[np.asarray(val.labels).astype(str) == OK]
+    val_metrics = evaluate(val_scores, val.labels, threshold.threshold)
+    if choice.name in synthetic and not choice.per_family:
+        val_metrics["synthetic_auc"] = synthetic[choice.name]
+    return Calibration(model_name, str(model_version), choice.name, threshold.threshold, threshold.rule,
+                       threshold.fallback, threshold.note, val_metrics, test_metrics,
+                       score_table(val, test, choice, synthetic, families),
+                       clean_reference=reference_quantiles(clean) if len(clean) else [],
+                       families=list(families or []), family_scores=list(choice.per_family))

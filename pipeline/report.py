@@ -58,10 +58,11 @@ def report_rows(crops: list[Crop], scored: ScoredBatch, calibration: Calibration
     flagged images, the suspected defect type (when calibration had labelled defects); and the
     heatmaps of the flagged images."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    values = scaled_scores(scored.scores, scored.family, calibration.score_scale)[calibration.score_name]
+    choice = calibration.choice  # one score, or one per family
+    values = choice.values(scaled_scores(scored.scores, scored.family, calibration.score_scale), scored.family)
     worst = worst_crop(values, [crop.source_sha256 for crop in crops])
     flagged = values[worst] >= calibration.threshold
-    maps = scored.maps(calibration.score_name)  # where the chosen score looks
+    maps, names = choice.maps(scored), choice.names(scored.family)  # where each crop's deciding score looks
     suspected, confidence = _suspected_types(calibration, maps, worst[flagged])
     rows, heatmaps = [], []
     for n, i in enumerate(worst):
@@ -77,7 +78,7 @@ def report_rows(crops: list[Crop], scored: ScoredBatch, calibration: Calibration
                          severity=float(score / calibration.threshold) if calibration.threshold else float("inf"),
                          region=",".join(map(str, box_in_source(region, crop.bbox, heat.shape))),
                          heatmap_path=heatmap_path, suspected_defect=suspected.get(i, ""),
-                         suspected_confidence=confidence.get(i, float("nan")), score_name=calibration.score_name,
+                         suspected_confidence=confidence.get(i, float("nan")), score_name=names[i],
                          family=calibration.families[scored.family[i]] if calibration.families else "",
                          model_name=calibration.model_name, model_version=calibration.model_version, scored_at=now))
     return rows, heatmaps

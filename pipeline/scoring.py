@@ -67,6 +67,52 @@ class ScoredBatch:
                            self.family[pick], kept(self.head_maps))
 
 
+@dataclass(frozen=True)
+class ScoreChoice:
+    """The score that decides, chosen on validation (split_scores.choose_score): one candidate for
+    every crop, or one per panel family. Scaled scores are in units of their family's clean
+    median (scaled_scores), so a mix of scores still shares one threshold; on ELPV, cracks in mono
+    cells showed best in one score and in poly cells in another."""
+
+    name: str  # the score chosen over all families: every crop's, or a family's without its own
+    per_family: tuple[str, ...] = ()  # score name per family index; (): `name` for every crop
+
+    def names(self, family: np.ndarray) -> np.ndarray:
+        """The score that decides for each crop (family index per crop)."""
+        if not self.per_family:
+            return np.full(len(family), self.name, dtype=object)
+        return np.array(self.per_family, dtype=object)[np.asarray(family, dtype=int)]
+
+    def values(self, scores: dict[str, np.ndarray], family: np.ndarray) -> np.ndarray:
+        """Each crop's value of its deciding score (scaled scores in, for a per-family choice)."""
+        if not self.per_family:
+            return np.asarray(scores[self.name])
+        names = self.names(family)
+        out = np.empty(len(names))
+        for name in set(self.per_family):
+            out[names == name] = np.asarray(scores[name])[names == name]
+        return out
+
+    def maps(self, batch: ScoredBatch) -> torch.Tensor:
+        """Each crop's map of its deciding score (ScoredBatch.maps): where that score looks."""
+        sources = {name: batch.maps(name) for name in set(self.per_family or (self.name,))}
+        first = next(iter(sources.values()))
+        if all(maps is first for maps in sources.values()) or not len(first):
+            return first
+        names = self.names(batch.family)
+        out = first.clone()
+        for name, maps in sources.items():
+            out[torch.from_numpy(names == name)] = maps[torch.from_numpy(names == name)]
+        return out
+
+    def describe(self, families: Sequence[str] = ()) -> str:
+        """`name`, or each family's score ("mono: norm_blur_max, poly: elbo")."""
+        if not self.per_family:
+            return self.name
+        labels = list(families) or [f"family {k}" for k in range(len(self.per_family))]
+        return ", ".join(f"{family}: {name}" for family, name in zip(labels, self.per_family))
+
+
 def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
     """Gaussian blur of (B, C, H, W) maps with reflected borders, as torchvision's gaussian_blur,
     but as two 1-D passes of a depthwise convolution (every map its own channel): on CPU that ran

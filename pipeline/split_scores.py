@@ -1,6 +1,6 @@
 """The labelled splits scored the one way calibration and the benchmark both judge a model: every
 candidate score per crop, scaled by its family's clean validation median, then per source image
-(the max over its crops). The score itself is chosen on validation (calibrate.select_score)."""
+(the max over its crops); and the score chosen on validation (choose_score), the same way for both."""
 
 from __future__ import annotations
 
@@ -9,10 +9,20 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
+from pipeline.calibrate import MIN_LABELLED_DEFECTS, defect_targets, select_score
 from pipeline.config import PanelConfig
-from pipeline.scoring import ScoredBatch, fit_score_scale, per_image_max, scaled_scores, score_crops, worst_crop
+from pipeline.scoring import (
+    ScoreChoice,
+    ScoredBatch,
+    fit_score_scale,
+    per_image_max,
+    scaled_scores,
+    score_crops,
+    worst_crop,
+)
 from pipeline.selfcheck import pasted_copies, synthetic_check
 from pipeline.workspace import image_labels, is_clean
 
@@ -25,21 +35,45 @@ class SplitScores:
     labels: np.ndarray  # per image
     crops: ScoredBatch  # per crop, scaled; heatmaps when they were kept
     image_keys: pd.Series  # per crop: its source image
+    families: np.ndarray  # per image: the family index of its first crop
 
-    def worst(self, score_name: str) -> np.ndarray:
-        """Position (among the crops) of each image's highest-scoring crop under score_name."""
-        return worst_crop(self.crops.scores[score_name], self.image_keys)
+    def chosen(self, choice: ScoreChoice) -> np.ndarray:
+        """Per image, the max over its crops of each crop's deciding score (what scoring reports)."""
+        _, scores = per_image_max({"s": choice.values(self.crops.scores, self.crops.family)}, self.image_keys)
+        return scores["s"]
 
-    def heatmaps(self, score_name: str) -> torch.Tensor:
-        """Each image's map for score_name (ScoredBatch.maps) from its highest-scoring crop under it."""
-        return self.crops.maps(score_name)[torch.as_tensor(self.worst(score_name).copy())]
+    def worst(self, choice: ScoreChoice) -> np.ndarray:
+        """Position (among the crops) of each image's highest-scoring crop under the choice."""
+        return worst_crop(choice.values(self.crops.scores, self.crops.family), self.image_keys)
+
+    def heatmaps(self, choice: ScoreChoice) -> torch.Tensor:
+        """Each image's map (ScoreChoice.maps) from its highest-scoring crop under the choice."""
+        return choice.maps(self.crops)[torch.as_tensor(self.worst(choice).copy())]
 
 
 def per_image(scored: ScoredBatch, rows: pd.DataFrame, scale: dict[str, list[float]]) -> SplitScores:
     """Crop scores scaled per family (the candidates), then per image (max over its crops)."""
     crops = replace(scored, scores=scaled_scores(scored.scores, scored.family, scale))
     _, scores = per_image_max(crops.scores, rows["source_sha256"])
-    return SplitScores(scores, image_labels(rows).to_numpy(), crops, rows["source_sha256"])
+    families = pd.Series(crops.family).groupby(rows["source_sha256"].to_numpy(), sort=False).first().to_numpy()
+    return SplitScores(scores, image_labels(rows).to_numpy(), crops, rows["source_sha256"], families)
+
+
+def choose_score(val: SplitScores, synthetic: dict[str, float], n_families: int) -> ScoreChoice:
+    """The score chosen on validation (calibrate.select_score). With families, each family also
+    picks its own on its own val images (the common one where it has fewer than
+    MIN_LABELLED_DEFECTS labelled defects); the mix is kept only when it beats the common score
+    on all val images. Offline on six ELPV trainings the mix raised val and test every time."""
+    common = ScoreChoice(select_score(val.scores, val.labels, synthetic))
+    y = defect_targets(val.labels)
+    if n_families < 2 or y.all() or y.sum() < MIN_LABELLED_DEFECTS:
+        return common
+    picks = tuple(select_score({name: s[val.families == k] for name, s in val.scores.items()},
+                               val.labels[val.families == k], default=common.name) for k in range(n_families))
+    mix = ScoreChoice(common.name, picks) if len(set(picks)) > 1 else ScoreChoice(picks[0])
+    if mix == common or roc_auc_score(y, val.chosen(mix)) <= roc_auc_score(y, val.chosen(common)):
+        return common
+    return mix
 
 
 def score_split(model: nn.Module, rows: pd.DataFrame, x: torch.Tensor, cfg: PanelConfig,

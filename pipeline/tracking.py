@@ -228,10 +228,10 @@ def log_calibration(calibration: Calibration, figures: dict[str, Figure] | None 
         mlflow.log_text(score_table_markdown(calibration), "calibration/score_functions.md")
         for figure_name, figure in (figures or {}).items():
             mlflow.log_figure(figure, f"calibration/{figure_name}.png")
-        mlflow.set_tags({"calibration.score": calibration.score_name, "calibration.rule": calibration.rule,
+        mlflow.set_tags({"calibration.score": calibration.score_label, "calibration.rule": calibration.rule,
                          "calibration.fallback": str(calibration.fallback).lower()})
     client = MlflowClient()
-    for key, value in {"score": calibration.score_name, "threshold": f"{calibration.threshold:.6g}",
+    for key, value in {"score": calibration.score_label, "threshold": f"{calibration.threshold:.6g}",
                        "threshold_rule": calibration.rule, "threshold_fallback": str(calibration.fallback).lower(),
                        "test_roc_auc": f"{calibration.test.get('roc_auc', float('nan')):.4f}"}.items():
         client.set_model_version_tag(name, version, key, value)
@@ -239,10 +239,10 @@ def log_calibration(calibration: Calibration, figures: dict[str, Figure] | None 
 
 def score_table_markdown(calibration: Calibration) -> str:
     """Every candidate score's val, self-supervised (pasted defects on clean val) and test
-    ROC-AUC; the chosen one marked."""
+    ROC-AUC; the chosen one marked (a per-family choice is a row of its own)."""
     lines = ["| score | val ROC-AUC | val pasted-defect ROC-AUC | test ROC-AUC | chosen |", "|---|---|---|---|---|"]
     for name, row in calibration.score_table.items():
-        mark = "yes" if name == calibration.score_name else ""
+        mark = "yes" if name == calibration.score_label else ""
         lines.append(f"| {name} | {row['val_roc_auc']:.3f} | {row.get('val_synthetic_auc', float('nan')):.3f} | "
                      f"{row['test_roc_auc']:.3f} | {mark} |")
     return "\n".join(lines) + "\n"

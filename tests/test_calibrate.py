@@ -1,9 +1,13 @@
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 from sklearn.metrics import f1_score
 
 from pipeline.calibrate import calibrate_scores, choose_threshold, evaluate, roc_auc_ci, select_score
 from pipeline.promotion import gate
+from pipeline.scoring import ScoredBatch
+from pipeline.split_scores import SplitScores, choose_score
 
 
 @pytest.fixture()
@@ -62,14 +66,23 @@ def test_evaluate_reports_per_class_auc_and_operating_point(scored):
     assert m["roc_auc_crack"] > m["roc_auc_loose_connector"]  # crack scores are further from clean
 
 
+def _split_scores(scores: dict[str, np.ndarray], labels: np.ndarray) -> SplitScores:
+    """One crop per image, one family."""
+    family = np.zeros(len(labels), dtype=int)
+    return SplitScores(scores, labels, ScoredBatch(scores, torch.zeros(0, 8, 8), family),
+                       pd.Series([f"img{i}" for i in range(len(labels))]), family)
+
+
 def test_calibration_picks_score_on_validation_and_reports_test(scored):
     scores, labels = scored
     noise = np.random.default_rng(1).normal(0, 1, len(scores))
-    val = {"good": scores, "bad": noise}
-    calibration = calibrate_scores(val, labels, {"good": scores[::-1], "bad": noise}, labels[::-1], "max-f1", 0.99,
-                                   "panel-anomaly", "3")
-    assert calibration.score_name == "good"
+    val = _split_scores({"good": scores, "bad": noise}, labels)
+    test = _split_scores({"good": scores[::-1], "bad": noise}, labels[::-1])
+    choice = choose_score(val, {}, n_families=1)
+    calibration = calibrate_scores(val, test, choice, "max-f1", 0.99, "panel-anomaly", "3")
+    assert calibration.score_name == "good" and calibration.family_scores == []
     assert calibration.test["threshold"] == calibration.threshold
+    assert calibration.test["roc_auc"] == pytest.approx(evaluate(scores, labels)["roc_auc"])
     assert set(calibration.score_table) == {"good", "bad"}
 
 

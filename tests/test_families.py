@@ -116,5 +116,6 @@ def test_pipeline_trains_one_model_per_family_and_reports_each_images_family(two
     model = tracking.load_model(cfg.tracking.model_name, calibration.model_version)
     crops = torch.stack([prepare(inbox / path, cfg.ingest)[0].pixels for path in scores["image_path"]])
     scored = score_crops(model, crops, cfg.score, cfg.model)
-    expected = scaled_scores(scored.scores, scored.family, calibration.score_scale)[calibration.score_name]
+    expected = calibration.choice.values(scaled_scores(scored.scores, scored.family, calibration.score_scale),
+                                         scored.family)  # one score, or each family's own
     assert scores["score"].to_numpy() == pytest.approx(expected, rel=1e-6)

@@ -90,11 +90,12 @@ def test_tiled_pipeline_scores_each_image_once_as_its_worst_tile(synth_raw: Path
     assert report.n_scored == 6 and len(scores) == 6 and scores["image_path"].is_unique
 
     model = tracking.load_model(cfg.tracking.model_name, outcome.calibration.model_version)
-    name = outcome.calibration.score_name
+    choice = outcome.calibration.choice
     for row in scores.itertuples():
         tiles = prepare(inbox / row.image_path, cfg.ingest)
         scored = score_crops(model, torch.stack([t.pixels for t in tiles]), cfg.score, cfg.model)
-        tile_scores = scaled_scores(scored.scores, scored.family, outcome.calibration.score_scale)[name]
+        tile_scores = choice.values(scaled_scores(scored.scores, scored.family, outcome.calibration.score_scale),
+                                    scored.family)
         worst = tiles[int(np.argmax(tile_scores))]
         assert row.score == pytest.approx(tile_scores.max(), rel=1e-6)
         assert row.crop_id == worst.crop_id

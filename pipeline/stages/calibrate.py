@@ -23,8 +23,8 @@ from pipeline.families import routing_accuracy
 from pipeline.files import atomic_write_text
 from pipeline.promotion import Promotion, gate, promotion
 from pipeline.report import heatmap_overlay
-from pipeline.scoring import peak_region
-from pipeline.split_scores import SplitScores, score_split, score_val_test
+from pipeline.scoring import ScoreChoice, peak_region
+from pipeline.split_scores import SplitScores, choose_score, score_split, score_val_test
 from pipeline.stages.train import latest_trained_version
 from pipeline.workspace import (
     WorkDirs,
@@ -64,31 +64,31 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     test_x = load_crops(test, dirs.crops)
     scored = score_val_test(model, val, load_crops(val, dirs.crops), test, test_x, model_cfg, len(families),
                             keep_heatmaps=True)
-    calibration = calibrate_scores(scored.val.scores, scored.val.labels, scored.test.scores, scored.test.labels,
-                                   rule or model_cfg.calibrate.rule, model_cfg.calibrate.fallback_quantile, name, version,
-                                   scored.synthetic)
-    classifier, accuracy = _fit_defect_types(scored.val, scored.test, calibration.score_name)
+    choice = choose_score(scored.val, scored.synthetic, max(1, len(families)))
+    calibration = calibrate_scores(scored.val, scored.test, choice, rule or model_cfg.calibrate.rule,
+                                   model_cfg.calibrate.fallback_quantile, name, version, scored.synthetic, families)
+    classifier, accuracy = _fit_defect_types(scored.val, scored.test, choice)
     if classifier is not None:
         calibration.test["suspected_defect_accuracy"] = accuracy
     if families and test["family"].isin(families).any():  # every test crop, defects included (fitted on clean ones)
         calibration.test["router_accuracy"] = routing_accuracy(scored.test.crops.family, test["family"].to_numpy(str),
                                                                families)
     calibration = replace(calibration, test_images=dataset_hash(test, "source_sha256"), defect_classifier=classifier,
-                          score_scale=scored.scale, families=families)
+                          score_scale=scored.scale)
     tracking.log_calibration(calibration, _calibration_figures(scored.test, test, test_x, calibration, model_cfg))
     path = atomic_write_text(dirs.calibration, json.dumps(calibration.to_dict(), indent=2))
-    decision = _promote(calibration, scored.test.scores[calibration.score_name], test, test_x, model_cfg)
+    decision = _promote(calibration, scored.test.chosen(choice), test, test_x, model_cfg)
     return CalibrateOutcome(calibration, decision.alias, decision.reason, path)
 
 
-def _fit_defect_types(val: SplitScores, test: SplitScores, score_name: str) -> tuple[dict | None, float]:
+def _fit_defect_types(val: SplitScores, test: SplitScores, choice: ScoreChoice) -> tuple[dict | None, float]:
     """The suspected-defect hint, fitted on validation defects, its accuracy on test defects."""
     val_defects, test_defects = defect_targets(val.labels), defect_targets(test.labels)
-    features = error_features(val.heatmaps(score_name)[torch.from_numpy(val_defects)])
+    features = error_features(val.heatmaps(choice)[torch.from_numpy(val_defects)])
     classifier = DefectTypeClassifier.fit(features, val.labels[val_defects])
     if classifier is None:
         return None, float("nan")
-    test_features = error_features(test.heatmaps(score_name)[torch.from_numpy(test_defects)])
+    test_features = error_features(test.heatmaps(choice)[torch.from_numpy(test_defects)])
     return classifier.to_dict(), classifier.accuracy(test_features, test.labels[test_defects])
 
 
@@ -105,7 +105,7 @@ def _promote(candidate: Calibration, new_scores: np.ndarray, test: pd.DataFrame,
         if old_cfg.ingest == cfg.ingest:
             old = score_split(tracking.load_model(name, champion_version, pick_device(cfg.score.device)), test, test_x,
                               old_cfg, champion.score_scale)
-            paired = gate(new_scores, old.scores[champion.score_name], old.labels)
+            paired = gate(new_scores, old.chosen(champion.choice), old.labels)
     decision = promotion(candidate, champion, paired)
     tracking.set_alias(name, version, decision.alias, decision.reason)
     return decision
@@ -114,18 +114,19 @@ def _promote(candidate: Calibration, new_scores: np.ndarray, test: pd.DataFrame,
 def _calibration_figures(test: SplitScores, rows: pd.DataFrame, crops: torch.Tensor, calibration: Calibration,
                          cfg: PanelConfig, per_kind: int = 6) -> dict[str, Figure]:
     """The test split at the chosen score and threshold, as pictures for analysts."""
-    title, scores, labels = f"test, {calibration.score_name}", test.scores[calibration.score_name], test.labels
+    choice = calibration.choice
+    title, scores, labels = f"test, {calibration.score_label}", test.chosen(choice), test.labels
     figures = {"roc_pr": plots.roc_pr_figure(scores, labels, title),
                "score_histogram": plots.score_histogram_figure(scores, labels, calibration.threshold, title),
                "confusion": plots.confusion_figure(scores, labels, calibration.threshold, f"{title} at the threshold")}
-    worst = test.worst(calibration.score_name)
+    worst, maps = test.worst(choice), choice.maps(test.crops)
     defect, flagged = defect_targets(labels), scores >= calibration.threshold
     false_pos = [i for i in np.argsort(-scores) if flagged[i] and not defect[i]][:per_kind]
     false_neg = [i for i in np.argsort(scores) if defect[i] and not flagged[i]][:per_kind]
     images, captions = [], []
     for kind, picks in (("false positive", false_pos), ("missed", false_neg)):
         for i in picks:
-            heat, crop = test.crops.maps(calibration.score_name)[worst[i]], crops[worst[i]]
+            heat, crop = maps[worst[i]], crops[worst[i]]
             images.append(heatmap_overlay(crop, heat, peak_region(heat, cfg.score.region_size_frac)))
             source = Path(rows["source_path"].iloc[worst[i]]).name
             captions.append(f"{kind}: {labels[i]}\n{source[:24]} {scores[i]:.3g}")
