@@ -139,12 +139,13 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     flat = error.flatten(1)
     k = max(1, int(round(cfg.topk_frac * flat.shape[1])))
     ref = out.error_ref + cfg.norm_eps * out.error_ref.mean(dim=(1, 2, 3), keepdim=True)
-    heat = blur(error / ref, cfg.blur_sigma)
+    normalised = error / ref
+    heat = blur(normalised, cfg.heatmap_sigma)  # the same error as norm_blur_max, smoothed to show areas
     scores = {
         "mse": flat.mean(dim=1),
         "topk_mean": flat.topk(k, dim=1).values.mean(dim=1),
         "blur_max": blur(error, cfg.blur_sigma).flatten(1).amax(dim=1),
-        "norm_blur_max": heat.flatten(1).amax(dim=1),
+        "norm_blur_max": blur(normalised, cfg.blur_sigma).flatten(1).amax(dim=1),
         "dark_blur_max": blur(-residual, cfg.blur_sigma).flatten(1).amax(dim=1),
         "dark_area_max": blur(-residual, cfg.area_sigma).flatten(1).amax(dim=1),
     }
@@ -152,8 +153,8 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     scores[kind.latent_score_name] = kind.latent_score(x, out, model_cfg)
     head_heat = None
     if out.anomaly_map is not None:  # the head says where defects are better than raw error does
-        head_heat = blur(out.anomaly_map, cfg.blur_sigma)
-        scores["head_blur_max"] = head_heat.flatten(1).amax(dim=1)
+        head_heat = blur(out.anomaly_map, cfg.heatmap_sigma)
+        scores["head_blur_max"] = blur(out.anomaly_map, cfg.blur_sigma).flatten(1).amax(dim=1)
         scores["head_area_max"] = blur(out.anomaly_map, cfg.area_sigma).flatten(1).amax(dim=1)
     # One copy to the host per batch: every score, the maps (only if kept) and the family index.
     names = list(scores)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -63,7 +65,8 @@ def test_a_model_with_a_head_scores_the_same_from_the_registry(headed):
 
 def test_the_heatmap_follows_the_chosen_score_the_head_map_only_for_a_head_score(headed):
     model, held_out, cfg, _ = headed
-    with_head, without = (score_crops(m, held_out, cfg.score, cfg.model) for m in (model, model.model))
+    score_cfg = replace(cfg.score, blur_sigma=cfg.score.heatmap_sigma)  # the map blurred as its score
+    with_head, without = (score_crops(m, held_out, score_cfg, cfg.model) for m in (model, model.model))
     assert torch.allclose(with_head.maps("norm_blur_max"), without.heatmaps)  # a head leaves the error map alone
     head_map = with_head.maps("head_blur_max")
     assert not torch.allclose(head_map, without.heatmaps)

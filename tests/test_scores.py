@@ -1,6 +1,7 @@
 """Score functions from an error map: what each one notices."""
 
 import numpy as np
+import pytest
 import torch
 
 from pipeline.config import ModelConfig, ScoreConfig
@@ -75,3 +76,21 @@ def test_a_model_registered_before_families_still_scores_as_one_family():
     old, new = (score_crops(m, crops, ScoreConfig(), ModelConfig()) for m in (ThreeOutputs(), model))
     assert old.family.tolist() == [0] * 5
     assert all(np.array_equal(old.scores[k], new.scores[k]) for k in new.scores)
+
+
+def test_a_one_pixel_wide_crack_keeps_its_full_score_while_its_heatmap_shows_an_area() -> None:
+    """Thin cracks (KolektorSDD, a 2-px crack in a 500-px tile) vanish under a score blur; the map
+    people read is blurred (score.heatmap_sigma) so its region is an area around the same peak."""
+    recon = torch.full((2, 1, 64, 64), 0.5)
+    x = recon.clone()
+    x[1, :, 10:50, 32] -= 0.3  # a one-pixel-wide crack
+    out = ModelOutput(recon, torch.zeros(2), torch.full((2, 1, 64, 64), 1e-3), torch.zeros(2, dtype=torch.long))
+    cfg = ScoreConfig()
+    batch = score_maps(x, out, cfg, ModelConfig())
+    normalised = (x - recon).pow(2) / (1e-3 * (1 + cfg.norm_eps))
+    assert batch.scores["norm_blur_max"][1] == pytest.approx(normalised[1].max().item(), rel=1e-6)  # the full error
+    heat = batch.heatmaps[1]
+    assert heat.max() < 0.5 * normalised[1].max() and heat[30, 32] == heat[30].max()  # smoothed, peak on the crack
+    assert (heat[30] > 0.1 * heat.max()).sum() >= 3  # an area, not a pixel
+    blurred = score_maps(x, out, ScoreConfig(blur_sigma=cfg.heatmap_sigma), ModelConfig())
+    assert blurred.scores["norm_blur_max"][1] < 0.5 * batch.scores["norm_blur_max"][1]  # what the old 2-px blur lost
