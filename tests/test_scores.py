@@ -79,13 +79,14 @@ def test_a_model_registered_before_families_still_scores_as_one_family():
 
 
 def test_a_one_pixel_wide_crack_keeps_its_full_score_while_its_heatmap_shows_an_area() -> None:
-    """Thin cracks (KolektorSDD, a 2-px crack in a 500-px tile) vanish under a score blur; the map
-    people read is blurred (score.heatmap_sigma) so its region is an area around the same peak."""
+    """Thin cracks (KolektorSDD, a 2-px crack in a 500-px tile) vanish under a score blur; with
+    score.blur_sigma 0 the score keeps them while the map people read stays blurred
+    (score.heatmap_sigma), so its region is an area around the same peak."""
     recon = torch.full((2, 1, 64, 64), 0.5)
     x = recon.clone()
     x[1, :, 10:50, 32] -= 0.3  # a one-pixel-wide crack
     out = ModelOutput(recon, torch.zeros(2), torch.full((2, 1, 64, 64), 1e-3), torch.zeros(2, dtype=torch.long))
-    cfg = ScoreConfig()
+    cfg = ScoreConfig(blur_sigma=0.0)
     batch = score_maps(x, out, cfg, ModelConfig())
     normalised = (x - recon).pow(2) / (1e-3 * (1 + cfg.norm_eps))
     assert batch.scores["norm_blur_max"][1] == pytest.approx(normalised[1].max().item(), rel=1e-6)  # the full error
