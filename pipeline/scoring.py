@@ -145,7 +145,8 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
         "mse": flat.mean(dim=1),
         "topk_mean": flat.topk(k, dim=1).values.mean(dim=1),
         "blur_max": blur(error, cfg.blur_sigma).flatten(1).amax(dim=1),
-        "norm_blur_max": blur(normalised, cfg.blur_sigma).flatten(1).amax(dim=1),
+        "norm_blur_max": (heat if cfg.blur_sigma == cfg.heatmap_sigma else blur(normalised, cfg.blur_sigma))
+        .flatten(1).amax(dim=1),
         "dark_blur_max": blur(-residual, cfg.blur_sigma).flatten(1).amax(dim=1),
         "dark_area_max": blur(-residual, cfg.area_sigma).flatten(1).amax(dim=1),
     }
@@ -154,7 +155,8 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     head_heat = None
     if out.anomaly_map is not None:  # the head says where defects are better than raw error does
         head_heat = blur(out.anomaly_map, cfg.heatmap_sigma)
-        scores["head_blur_max"] = blur(out.anomaly_map, cfg.blur_sigma).flatten(1).amax(dim=1)
+        head_score_map = head_heat if cfg.blur_sigma == cfg.heatmap_sigma else blur(out.anomaly_map, cfg.blur_sigma)
+        scores["head_blur_max"] = head_score_map.flatten(1).amax(dim=1)
         scores["head_area_max"] = blur(out.anomaly_map, cfg.area_sigma).flatten(1).amax(dim=1)
     # One copy to the host per batch: every score, the maps (only if kept) and the family index.
     names = list(scores)
