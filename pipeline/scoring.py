@@ -129,6 +129,11 @@ def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
     return maps.reshape(b, c, h, w)
 
 
+def _score_blur(maps: torch.Tensor, shown: torch.Tensor, cfg: ScoreConfig) -> torch.Tensor:
+    """maps blurred for a score (score.blur_sigma); the heatmap already made when the sigmas agree."""
+    return shown if cfg.blur_sigma == cfg.heatmap_sigma else blur(maps, cfg.blur_sigma)
+
+
 def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: ModelConfig,
                keep_heatmaps: bool = True) -> ScoredBatch:
     """All candidate scores from one batch of inputs and the model's outputs. The heatmap is the
@@ -145,8 +150,7 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
         "mse": flat.mean(dim=1),
         "topk_mean": flat.topk(k, dim=1).values.mean(dim=1),
         "blur_max": blur(error, cfg.blur_sigma).flatten(1).amax(dim=1),
-        "norm_blur_max": (heat if cfg.blur_sigma == cfg.heatmap_sigma else blur(normalised, cfg.blur_sigma))
-        .flatten(1).amax(dim=1),
+        "norm_blur_max": _score_blur(normalised, heat, cfg).flatten(1).amax(dim=1),
         "dark_blur_max": blur(-residual, cfg.blur_sigma).flatten(1).amax(dim=1),
         "dark_area_max": blur(-residual, cfg.area_sigma).flatten(1).amax(dim=1),
     }
@@ -155,8 +159,7 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     head_heat = None
     if out.anomaly_map is not None:  # the head says where defects are better than raw error does
         head_heat = blur(out.anomaly_map, cfg.heatmap_sigma)
-        head_score_map = head_heat if cfg.blur_sigma == cfg.heatmap_sigma else blur(out.anomaly_map, cfg.blur_sigma)
-        scores["head_blur_max"] = head_score_map.flatten(1).amax(dim=1)
+        scores["head_blur_max"] = _score_blur(out.anomaly_map, head_heat, cfg).flatten(1).amax(dim=1)
         scores["head_area_max"] = blur(out.anomaly_map, cfg.area_sigma).flatten(1).amax(dim=1)
     # One copy to the host per batch: every score, the maps (only if kept) and the family index.
     names = list(scores)
