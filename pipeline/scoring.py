@@ -129,9 +129,9 @@ def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
     return maps.reshape(b, c, h, w)
 
 
-def _score_blur(maps: torch.Tensor, shown: torch.Tensor, cfg: ScoreConfig) -> torch.Tensor:
-    """maps blurred for a score (score.blur_sigma); the heatmap already made when the sigmas agree."""
-    return shown if cfg.blur_sigma == cfg.heatmap_sigma else blur(maps, cfg.blur_sigma)
+def _score_blur(maps: torch.Tensor, shown: torch.Tensor | None, cfg: ScoreConfig) -> torch.Tensor:
+    """maps blurred for a score (score.blur_sigma); the heatmap, when one was made, if the sigmas agree."""
+    return shown if shown is not None and cfg.blur_sigma == cfg.heatmap_sigma else blur(maps, cfg.blur_sigma)
 
 
 def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: ModelConfig,
@@ -145,7 +145,8 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     k = max(1, int(round(cfg.topk_frac * flat.shape[1])))
     ref = out.error_ref + cfg.norm_eps * out.error_ref.mean(dim=(1, 2, 3), keepdim=True)
     normalised = error / ref
-    heat = blur(normalised, cfg.heatmap_sigma)  # the same error as norm_blur_max, smoothed to show areas
+    # the same error as norm_blur_max, smoothed to show areas; not made when no map is kept
+    heat = blur(normalised, cfg.heatmap_sigma) if keep_heatmaps else None
     scores = {
         "mse": flat.mean(dim=1),
         "topk_mean": flat.topk(k, dim=1).values.mean(dim=1),
@@ -158,16 +159,16 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     scores[kind.latent_score_name] = kind.latent_score(x, out, model_cfg)
     head_heat = None
     if out.anomaly_map is not None:  # the head says where defects are better than raw error does
-        head_heat = blur(out.anomaly_map, cfg.heatmap_sigma)
+        head_heat = blur(out.anomaly_map, cfg.heatmap_sigma) if keep_heatmaps else None
         scores["head_blur_max"] = _score_blur(out.anomaly_map, head_heat, cfg).flatten(1).amax(dim=1)
         scores["head_area_max"] = blur(out.anomaly_map, cfg.area_sigma).flatten(1).amax(dim=1)
     # One copy to the host per batch: every score, the maps (only if kept) and the family index.
     names = list(scores)
     host = torch.stack([scores[n].double() for n in names]).cpu().numpy()
-    def kept(maps: torch.Tensor) -> torch.Tensor:
-        return maps[:, 0].cpu() if keep_heatmaps else maps.new_zeros(0, *maps.shape[-2:]).cpu()
+    def kept(maps: torch.Tensor | None) -> torch.Tensor:  # none kept: an empty stack of maps
+        return maps[:, 0].cpu() if maps is not None else torch.zeros(0, *x.shape[-2:])
     return ScoredBatch(dict(zip(names, host)), kept(heat), out.family.long().cpu().numpy(),
-                       None if head_heat is None else kept(head_heat))
+                       None if out.anomaly_map is None else kept(head_heat))
 
 
 @torch.inference_mode()
