@@ -129,14 +129,9 @@ def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
     return maps.reshape(b, c, h, w)
 
 
-def score_blur_sigma(cfg: ScoreConfig, model_type: str) -> float:
-    """The blur before the score maxima: score.blur_sigma, or the model kind's own when it is None."""
-    return model_class(model_type).score_blur_sigma if cfg.blur_sigma is None else cfg.blur_sigma
-
-
-def _score_blur(maps: torch.Tensor, shown: torch.Tensor | None, sigma: float, cfg: ScoreConfig) -> torch.Tensor:
-    """maps blurred for a score (sigma); the heatmap, when one was made, if sigma is its blur."""
-    return shown if shown is not None and sigma == cfg.heatmap_sigma else blur(maps, sigma)
+def _score_blur(maps: torch.Tensor, shown: torch.Tensor | None, cfg: ScoreConfig) -> torch.Tensor:
+    """maps blurred for a score (score.blur_sigma); the heatmap, when one was made, if the sigmas agree."""
+    return shown if shown is not None and cfg.blur_sigma == cfg.heatmap_sigma else blur(maps, cfg.blur_sigma)
 
 
 def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: ModelConfig,
@@ -152,13 +147,12 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     normalised = error / ref
     # the same error as norm_blur_max, smoothed to show areas; not made when no map is kept
     heat = blur(normalised, cfg.heatmap_sigma) if keep_heatmaps else None
-    sigma = score_blur_sigma(cfg, model_cfg.model_type)
     scores = {
         "mse": flat.mean(dim=1),
         "topk_mean": flat.topk(k, dim=1).values.mean(dim=1),
-        "blur_max": blur(error, sigma).flatten(1).amax(dim=1),
-        "norm_blur_max": _score_blur(normalised, heat, sigma, cfg).flatten(1).amax(dim=1),
-        "dark_blur_max": blur(-residual, sigma).flatten(1).amax(dim=1),
+        "blur_max": blur(error, cfg.blur_sigma).flatten(1).amax(dim=1),
+        "norm_blur_max": _score_blur(normalised, heat, cfg).flatten(1).amax(dim=1),
+        "dark_blur_max": blur(-residual, cfg.blur_sigma).flatten(1).amax(dim=1),
         "dark_area_max": blur(-residual, cfg.area_sigma).flatten(1).amax(dim=1),
     }
     kind = model_class(model_cfg.model_type)
@@ -166,7 +160,7 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     head_heat = None
     if out.anomaly_map is not None:  # the head says where defects are better than raw error does
         head_heat = blur(out.anomaly_map, cfg.heatmap_sigma) if keep_heatmaps else None
-        scores["head_blur_max"] = _score_blur(out.anomaly_map, head_heat, sigma, cfg).flatten(1).amax(dim=1)
+        scores["head_blur_max"] = _score_blur(out.anomaly_map, head_heat, cfg).flatten(1).amax(dim=1)
         scores["head_area_max"] = blur(out.anomaly_map, cfg.area_sigma).flatten(1).amax(dim=1)
     # One copy to the host per batch: every score, the maps (only if kept) and the family index.
     names = list(scores)

@@ -95,21 +95,3 @@ def test_a_one_pixel_wide_crack_keeps_its_full_score_while_its_heatmap_shows_an_
     assert (heat[30] > 0.1 * heat.max()).sum() >= 3  # an area, not a pixel
     blurred = score_maps(x, out, ScoreConfig(blur_sigma=cfg.heatmap_sigma), ModelConfig())
     assert blurred.scores["norm_blur_max"][1] < 0.5 * batch.scores["norm_blur_max"][1]  # what the old 2-px blur lost
-
-
-def test_each_model_kind_scores_with_its_own_blur_unless_the_config_names_one() -> None:
-    """score.blur_sigma None (the default): a ConvVAE's maxima are unblurred (thin cracks keep their
-    full error), a VQ-VAE's are blurred 2 px (its code grid leaves isolated clean spikes that an
-    unblurred maximum would take for a defect). A number in the config is used for both."""
-    recon = torch.full((1, 1, 64, 64), 0.5)
-    x = recon.clone()
-    x[0, :, 30, 30] += 0.3  # one isolated spike, as a code-block edge leaves
-    out = ModelOutput(recon, torch.zeros(1), torch.full((1, 1, 64, 64), 1e-3), torch.zeros(1, dtype=torch.long))
-    peak = {}
-    for kind in ("convvae", "vqvae"):
-        for sigma in (None, 0.0, 2.0):
-            batch = score_maps(x, out, ScoreConfig(blur_sigma=sigma), ModelConfig(model_type=kind))
-            peak[kind, sigma] = batch.scores["blur_max"][0]
-    assert peak["convvae", None] == pytest.approx(0.3**2, rel=1e-5) == peak["convvae", 0.0]
-    assert peak["vqvae", None] == peak["vqvae", 2.0] < 0.1 * peak["vqvae", 0.0]
-    assert peak["vqvae", 0.0] == peak["convvae", 0.0] and peak["convvae", 2.0] == peak["vqvae", 2.0]

@@ -35,9 +35,6 @@ class ConvVAE(nn.Module):
     uses_beta = True
     default_channels = (32, 64, 128, 128)  # an 8x8 grid at 128 px before the dense latent
     latent_score_name = "elbo"
-    # no blur before the score maxima (score.blur_sigma None): chosen on validation over 14
-    # trainings on the real sets, where a thin crack is a few pixels wide (pipeline/config.py)
-    score_blur_sigma = 0.0
 
     def __init__(self, cfg: ModelConfig, image_size: int, in_channels: int = 1) -> None:
         super().__init__()

@@ -126,9 +126,6 @@ class VQVAE(nn.Module):
     # A 16x16 grid at 128 px: at 8x8 clean reconstructions were too coarse.
     default_channels = (32, 64, 128)
     latent_score_name = "codebook_dist"
-    # 2 px blur before the score maxima: the code grid leaves blocky clean error that an unblurred
-    # maximum picks up (README "The score blur")
-    score_blur_sigma = 2.0
 
     def __init__(self, cfg: ModelConfig, image_size: int, in_channels: int = 1) -> None:
         super().__init__()
