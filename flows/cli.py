@@ -39,6 +39,17 @@ def _model_types(text: str) -> tuple[str, ...]:
     return names
 
 
+def _split_seeds(text: str) -> tuple[int, ...]:
+    """--split-seeds: whole numbers, comma-separated, each once."""
+    try:
+        seeds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: split seeds are whole numbers, comma-separated (e.g. 0,1,2)") from None
+    if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more different non-negative split seeds (e.g. 0,1,2)")
+    return seeds
+
+
 def _add_config(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", type=Path, help="JSON file overriding config defaults (see pipeline/config.py)")
     p.add_argument("--workdir", default="data", help="where processed/, quarantine/, reports/ live (default: data)")
@@ -101,6 +112,9 @@ def parser() -> argparse.ArgumentParser:
                    help="model types to train, comma-separated (default: %(default)s)")
     p.add_argument("--datasets", default="../shared/datasets",
                    help="folder of real sets (each a raw folder with labels.csv; masks/<set>/masks.csv) (default: %(default)s)")
+    p.add_argument("--split-seeds", type=_split_seeds,
+                   help="run the bench once per split seed, e.g. 0,1,2, and report each and their mean "
+                        "(default: the config's ingest.split_seed, 0)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--raw", help="also benchmark this folder of images ...")
     p.add_argument("--labels", help="... with this labels CSV (default: <raw>/labels.csv)")
@@ -184,7 +198,8 @@ def run(args: argparse.Namespace) -> str:
                 f"{cfg.tracking.model_name} v{r.model_version}; {r.n_scored} newly scored, {r.n_skipped} already "
                 f"in the ledger, {r.n_quarantined} quarantined){drift}")
     if args.command == "bench":
-        result = f.bench_flow(args.out, args.quick, args.raw, args.labels, config, args.datasets, args.models)
+        result = f.bench_flow(args.out, args.quick, args.raw, args.labels, config, args.datasets, args.models,
+                              args.split_seeds)
         from pipeline.bench import markdown_table
         return markdown_table(result)
     if args.command == "serve":

@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.bench import BASELINES, BenchDataset, markdown_table, run_bench, shared_datasets
+from pipeline.bench import BASELINES, BenchDataset, markdown_table, run_bench, run_splits, shared_datasets
 from pipeline.scoring import score_names
 from tests.conftest import small_config
 
@@ -112,3 +112,28 @@ def test_pixel_roc_auc_reads_masks_either_way_round(tmp_path: Path):
     heat[:2, 20:30, 10:40] = 1.0
     result = pixel_roc_auc(heat, rows, {"a.png": tmp_path / "white.png", "b.png": tmp_path / "black.png"})
     assert result["pixel_roc_auc"] == 1.0 and result["pixel_images"] == 3
+
+
+def test_bench_over_split_seeds_reports_each_split_and_their_mean(synth_raw: Path, tmp_path: Path):
+    """One headline split can be luck: with several split seeds each set is split anew per seed
+    (other test images), every method still sees identical test images within a split, and the
+    mean over the seeds is what the extra table shows."""
+    dataset = BenchDataset("tiny", synth_raw, synth_raw / "labels.csv")
+    cfg = small_config(epochs=1).replace("ingest", train_frac=0.7)
+    result = run_splits([dataset], tmp_path, cfg, ("convvae",), (0, 3), log=lambda _: None)
+    result = json.loads(json.dumps(result, default=str))
+    over = result["over_splits"]
+    first, other = result["datasets"]["tiny"], over["runs"]["3"]["datasets"]["tiny"]
+    assert over["seeds"] == [0, 3] and result["config"]["ingest"]["split_seed"] == 0
+    assert first["split"]["test_image_ids"] != other["split"]["test_image_ids"]  # a new split
+    for run in (first, other):
+        assert {m["image_ids"] for m in run["methods"].values()} == {run["split"]["test_image_ids"]}
+    for method, t in over["methods"].items():
+        pair = [first["methods"][method]["roc_auc"], other["methods"][method]["roc_auc"]]
+        assert t["roc_auc"]["tiny"] == pair and t["mean_roc_auc"]["tiny"] == pytest.approx(np.mean(pair))
+        assert t["real_sets_per_split"] == pair and t["real_sets_mean"] == pytest.approx(np.mean(pair))
+    table = markdown_table(result)
+    assert "Over split seeds 0, 3" in table
+    ours = over["methods"]["panelscan_convvae"]
+    assert f"| panelscan_convvae | {ours['mean_roc_auc']['tiny']:.3f} (" in table
+    assert f"| {ours['real_sets_mean']:.3f} |" in table

@@ -41,3 +41,15 @@ def test_bench_model_types_are_checked_at_the_command_line(capsys):
     with pytest.raises(SystemExit):
         parser().parse_args(["bench", "--models", "convae"])
     assert "unknown model type(s) ['convae']; choose from convvae, vqvae" in capsys.readouterr().err
+
+
+def test_bench_split_seeds_are_checked_at_the_command_line(capsys):
+    import pytest
+
+    assert parser().parse_args(["bench", "--split-seeds", "0,1,2"]).split_seeds == (0, 1, 2)
+    assert parser().parse_args(["bench"]).split_seeds is None  # the config's ingest.split_seed
+    for bad, said in (("0,x", "split seeds are whole numbers"), ("1,1", "different non-negative"),
+                      ("-1", "different non-negative")):
+        with pytest.raises(SystemExit):
+            parser().parse_args(["bench", "--split-seeds", bad])
+        assert said in capsys.readouterr().err
