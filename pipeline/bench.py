@@ -284,8 +284,9 @@ def over_splits_table(over: dict) -> list[str]:
              "|---|" + "---|" * (len(sets) + 2)]
     for method, t in over["methods"].items():
         cells = [f"{t['mean_roc_auc'][name]:.3f} ({min(v):.3f}–{max(v):.3f})" for name, v in t["roc_auc"].items()]
-        per_seed = " / ".join(f"{v:.3f}" for v in t["real_sets_per_split"])
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {per_seed} | {t['real_sets_mean']:.3f} |")
+        per_seed = " / ".join(f"{v:.3f}" for v in t["real_sets_per_split"]) or "no real set"
+        overall = f"{t['real_sets_mean']:.3f}" if t["real_sets_per_split"] else ""
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | {per_seed} | {overall} |")
     return lines
 
 
