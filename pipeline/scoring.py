@@ -21,6 +21,7 @@ from torch.nn import functional as F
 from pipeline.config import ModelConfig, ScoreConfig
 from pipeline.images import float_batches
 from pipeline.models import ModelOutput, latent_score_name, model_class
+from pipeline.models.blocks import BANK_FAR
 
 # From the error map alone. The dark_* scores keep the residual's sign: how much darker than its
 # reconstruction an area is, averaged over a blur before the max, so a crack's or an inactive
@@ -33,14 +34,19 @@ MAP_SCORES = ("mse", "topk_mean", "blur_max", "norm_blur_max", "dark_blur_max", 
 COMBINED, COMBINED_PARTS = "dark_norm_mean", ("dark_area_max", "norm_blur_max")
 
 
+# From the model's latent code: its mean distance to the nearest clean training codes (each
+# family's model keeps its own bank). It sees what is unlike every clean panel as a whole even
+# where clean pixel error is high all over (ELPV's poly cells).
+LATENT_KNN = "latent_knn"
+
 # From a defect head's map (pipeline/defect_head.py): its peak after a small and a wide blur.
 HEAD_SCORES = ("head_blur_max", "head_area_max")
 
 
 def score_names(model_type: str, head: bool = False) -> tuple[str, ...]:
-    """Candidate scores for a model type: the error-map scores, its latent score, the defect
-    head's scores when it has one, and the combined one."""
-    return (*MAP_SCORES, latent_score_name(model_type), *(HEAD_SCORES if head else ()), COMBINED)
+    """Candidate scores for a model type: the error-map scores, its latent score, the latent
+    code's distance to clean codes, the defect head's scores when it has one, and the combined one."""
+    return (*MAP_SCORES, latent_score_name(model_type), LATENT_KNN, *(HEAD_SCORES if head else ()), COMBINED)
 
 
 @dataclass
@@ -157,6 +163,8 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     }
     kind = model_class(model_cfg.model_type)
     scores[kind.latent_score_name] = kind.latent_score(x, out, model_cfg)
+    # a version registered before the bank has none: a constant, which validation never picks
+    scores[LATENT_KNN] = out.latent_knn if out.latent_knn is not None else torch.zeros_like(scores["mse"])
     head_heat = None
     if out.anomaly_map is not None:  # the head says where defects are better than raw error does
         head_heat = blur(out.anomaly_map, cfg.heatmap_sigma) if keep_heatmaps else None
@@ -181,7 +189,7 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
     for x in float_batches(crops, cfg.batch_size, device):
         out = ModelOutput.of(model(x.contiguous(memory_format=torch.channels_last)))
         out = ModelOutput(*(None if t is None else t.float() for t in out[:3]), out.family,
-                          None if out.anomaly_map is None else out.anomaly_map.float())
+                          *(None if t is None else t.float() for t in (out.anomaly_map, out.latent_knn)))
         parts.append(score_maps(x, out, cfg, model_cfg, keep_heatmaps))
     if not parts:
         size = crops.shape[-1] if crops.ndim == 4 else 0
@@ -244,6 +252,20 @@ def fit_error_reference(model: nn.Module, clean: torch.Tensor, batch_size: int =
         total += (x - model(x).recon).pow(2).sum(dim=0, keepdim=True)
     model.error_ref.copy_(total / max(1, len(clean)))
     return model.error_ref
+
+
+@torch.inference_mode()
+def fit_latent_bank(model: nn.Module, clean: torch.Tensor, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
+    """The latent codes of clean uint8 crops (a seeded sample of BANK_ROWS when there are more),
+    stored in the model's bank; the rows left over stay far away."""
+    bank = model.latent_bank
+    keep = torch.randperm(len(clean), generator=torch.Generator().manual_seed(seed))[:len(bank)].sort().values
+    codes = [model.codes(x) for x in float_batches(clean[keep], batch_size, bank.device)]
+    bank.fill_(BANK_FAR)
+    if codes:
+        filled = torch.cat(codes)
+        bank[:len(filled)] = filled.to(bank.dtype)
+    return bank
 
 
 def strongest_region(heatmap: torch.Tensor, bbox: tuple[int, int, int, int], min_frac: float,

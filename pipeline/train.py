@@ -25,7 +25,7 @@ from pipeline.errors import UserError
 from pipeline.images import float_batches, to_float
 from pipeline.models import LatentReport, build_model
 from pipeline.models.blocks import squared_error
-from pipeline.scoring import fit_error_reference
+from pipeline.scoring import fit_error_reference, fit_latent_bank
 from pipeline.selfcheck import pasted_copies, synthetic_check
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -278,6 +278,7 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     result.model = model.to(memory_format=torch.contiguous_format).cpu().eval()
     recalibrate_batchnorm(result.model, train_x)
     fit_error_reference(result.model, train_x)
+    fit_latent_bank(result.model, train_x, cfg.train.seed)
     result.latent = result.model.latent_report(val_x)
     result.seconds = time.perf_counter() - start
     return result

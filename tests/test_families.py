@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import ModelConfig
 from pipeline.families import FamilyModels, fit_family_classifier, training_families
 from pipeline.models import build_model
-from pipeline.scoring import COMBINED, fit_score_scale, scaled_scores
+from pipeline.scoring import COMBINED, fit_latent_bank, fit_score_scale, scaled_scores
 from tests.conftest import small_config
 
 
@@ -47,6 +47,7 @@ def test_classifier_learns_families_and_the_router_uses_each_familys_model():
     assert classifier.names == names and classifier.accuracy == 1.0
     models = [build_model(ModelConfig(latent_dim=8, channels=(8, 16)), 32).eval() for _ in names]
     models[1].error_ref.fill_(2.0)  # tell the two families' outputs apart
+    fit_latent_bank(models[1], train[40:])  # and their banks: family 0 keeps an empty one
     router = FamilyModels(models, classifier.mean, classifier.scale, classifier.weight, classifier.bias).eval()
     x = val.float() / 255.0
     with torch.inference_mode():
@@ -58,6 +59,7 @@ def test_classifier_learns_families_and_the_router_uses_each_familys_model():
         pick = family == k
         assert torch.equal(recon[pick], own[k][0][pick]) and torch.equal(latent[pick], own[k][1][pick])
         assert (ref[pick] == (1.0 if k == 0 else 2.0)).all()
+        assert torch.equal(out.latent_knn[pick], own[k].latent_knn[pick])  # each family's own clean codes
     exported = torch.export.export(router, (x,), dynamic_shapes=({0: torch.export.Dim("batch")},)).module()
     assert torch.equal(exported(x[:3])[3], family[:3])  # routing survives the pt2 export, any batch size
 

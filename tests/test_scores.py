@@ -60,22 +60,25 @@ def test_area_blur_works_on_maps_smaller_than_its_kernel() -> None:
     assert out.shape == tiny.shape and torch.isfinite(out).all() and out.max() < 1.0
 
 
-def test_a_model_registered_before_families_still_scores_as_one_family():
-    """Champions exported before the family output return three tensors; the gate and nightly
-    scoring must still score them (every image family 0), with the same scores as before."""
+@pytest.mark.parametrize("kept", [3, 4], ids=["before families", "before the latent bank"])
+def test_a_model_registered_earlier_still_scores_as_before(kept):
+    """Champions exported before families return three tensors, before the latent bank four; the
+    gate and nightly scoring must still score them (every image family 0 for the first) with the
+    same scores as before, and latent_knn, which they cannot give, the same for every image."""
     from pipeline.models import build_model
-    from pipeline.scoring import score_crops
+    from pipeline.scoring import LATENT_KNN, score_crops
 
     model = build_model(ModelConfig(latent_dim=8, channels=(8, 16)), 32).eval()
 
-    class ThreeOutputs(torch.nn.Module):
+    class Older(torch.nn.Module):
         def forward(self, x):
-            return model(x)[:3]
+            return tuple(model(x))[:kept]
 
     crops = (torch.rand(5, 1, 32, 32) * 255).to(torch.uint8)
-    old, new = (score_crops(m, crops, ScoreConfig(), ModelConfig()) for m in (ThreeOutputs(), model))
+    old, new = (score_crops(m, crops, ScoreConfig(), ModelConfig()) for m in (Older(), model))
     assert old.family.tolist() == [0] * 5
-    assert all(np.array_equal(old.scores[k], new.scores[k]) for k in new.scores)
+    assert all(np.array_equal(old.scores[k], new.scores[k]) for k in new.scores if k != LATENT_KNN)
+    assert np.ptp(old.scores[LATENT_KNN]) == 0
 
 
 def test_a_one_pixel_wide_crack_keeps_its_full_score_while_its_heatmap_shows_an_area() -> None:
@@ -95,3 +98,49 @@ def test_a_one_pixel_wide_crack_keeps_its_full_score_while_its_heatmap_shows_an_
     assert (heat[30] > 0.1 * heat.max()).sum() >= 3  # an area, not a pixel
     blurred = score_maps(x, out, ScoreConfig(blur_sigma=cfg.heatmap_sigma), ModelConfig())
     assert blurred.scores["norm_blur_max"][1] < 0.5 * batch.scores["norm_blur_max"][1]  # what the old 2-px blur lost
+
+
+def _surface(n: int, seed: int, checker: bool = False) -> torch.Tensor:
+    """uint8 (n, 1, 32, 32) crops: smooth horizontal gradients, or the same under a checkerboard."""
+    g = torch.Generator().manual_seed(seed)
+    ramp = torch.linspace(0.2, 0.8, 32).expand(32, 32)
+    x = ramp * (0.8 + 0.4 * torch.rand(n, 1, 1, 1, generator=g)) + 0.02 * torch.randn(n, 1, 32, 32, generator=g)
+    if checker:
+        x = x + 0.3 * ((torch.arange(32)[:, None] // 4 + torch.arange(32) // 4) % 2)
+    return (x.clamp(0, 1) * 255).to(torch.uint8)
+
+
+@pytest.mark.parametrize("model_type", ["convvae", "vqvae"])
+def test_latent_knn_is_higher_for_a_surface_unlike_every_clean_training_crop(model_type):
+    """The bank holds the clean training crops' codes (the unfilled rows never count), and a crop
+    of another surface sits farther from them than held-out clean crops do."""
+    from sklearn.metrics import roc_auc_score
+
+    from pipeline.models import build_model
+    from pipeline.models.blocks import BANK_FAR
+    from pipeline.scoring import LATENT_KNN, fit_latent_bank, score_crops
+
+    cfg = ModelConfig(model_type=model_type, latent_dim=8, channels=(8, 16), codebook_size=16)
+    model = build_model(cfg, 32).eval()
+    train = _surface(40, 0)
+    bank = fit_latent_bank(model, train)
+    with torch.inference_mode():
+        assert torch.allclose(bank[:40], model.codes(train.float() / 255), atol=1e-6)
+    assert (bank[40:] == BANK_FAR).all()
+    clean, other = _surface(20, 1), _surface(20, 2, checker=True)
+    scores = score_crops(model, torch.cat([clean, other]), ScoreConfig(), cfg).scores[LATENT_KNN]
+    assert roc_auc_score([0] * 20 + [1] * 20, scores) > 0.95
+    assert scores[:20].max() < 1.0  # near codes: no far row is among the nearest
+
+
+def test_the_latent_bank_samples_a_large_training_set_the_same_way_every_time():
+    from pipeline.models import build_model
+    from pipeline.models.blocks import BANK_FAR, BANK_ROWS
+    from pipeline.scoring import fit_latent_bank
+
+    model = build_model(ModelConfig(latent_dim=4, channels=(4, 8)), 16).eval()
+    many = (torch.rand(BANK_ROWS + 300, 1, 16, 16) * 255).to(torch.uint8)
+    first = fit_latent_bank(model, many, seed=3).clone()
+    assert not (first == BANK_FAR).all(dim=1).any()  # every row a training code
+    assert torch.equal(fit_latent_bank(model, many, seed=3), first)
+    assert not torch.equal(fit_latent_bank(model, many, seed=4), first)

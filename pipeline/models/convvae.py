@@ -8,7 +8,17 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.images import float_batches
-from pipeline.models.blocks import LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll, up_stack
+from pipeline.models.blocks import (
+    LatentReport,
+    StepOutput,
+    bank_distance,
+    check_size,
+    down_stack,
+    error_reference,
+    latent_bank,
+    recon_nll,
+    up_stack,
+)
 from pipeline.models.output import ModelOutput, single_family
 
 ACTIVE_UNIT_KL = 0.1  # nats (~0.14 bits): a latent dimension carrying less KL than this is inactive
@@ -48,6 +58,11 @@ class ConvVAE(nn.Module):
         self.from_latent = nn.Linear(cfg.latent_dim, flat)
         self.decoder = nn.Sequential(*up_stack(widths))
         self.register_buffer("error_ref", error_reference(in_channels, image_size))
+        self.register_buffer("latent_bank", latent_bank(cfg.latent_dim))
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, latent_dim) the code latent_knn compares: μ."""
+        return self.encode(x)[0]
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.to_stats(self.encoder(x)).chunk(2, dim=1)
@@ -92,7 +107,9 @@ class ConvVAE(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """Inference pass (what the logged model exports): reconstruction from μ, KL per image,
-        the clean per-pixel error reference (broadcast to the batch) and the family index (0)."""
+        the clean per-pixel error reference (broadcast to the batch), the family index (0) and
+        μ's distance to the nearest clean training codes."""
         mu, logvar = self.encode(x)
         return ModelOutput(self.decode(mu), kl_per_dim(mu, logvar).sum(dim=1),
-                           self.error_ref.expand(x.shape[0], -1, -1, -1), single_family(x))
+                           self.error_ref.expand(x.shape[0], -1, -1, -1), single_family(x),
+                           latent_knn=bank_distance(mu, self.latent_bank))

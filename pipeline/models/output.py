@@ -17,17 +17,25 @@ class ModelOutput(NamedTuple):
     error_ref: torch.Tensor  # (B, 1, S, S) mean squared error of clean crops per pixel
     family: torch.Tensor  # (B,) int64 index of the family model that scored the image; 0 without families
     anomaly_map: torch.Tensor | None = None  # (B, 1, S, S) defect probability from a defect head; None without
+    # (B,) mean distance of the latent code to its nearest clean training codes (models/blocks.py:
+    # bank_distance); None from a version registered before the bank
+    latent_knn: torch.Tensor | None = None
 
     @classmethod
     def of(cls, outputs: Sequence[torch.Tensor]) -> "ModelOutput":
-        """Any model's outputs, named: ours, the registry copy's plain tuple (4 tensors, 5 with a
-        defect head), or a version registered before families (three: every image is family 0)."""
+        """Any model's outputs, named: ours, or the registry copy's plain tuple (recon, latent score,
+        error reference, family, then the optional ones present: the head's map, told apart by
+        being 4-D, and latent_knn), or a version registered before families (three tensors:
+        every image is family 0)."""
         if isinstance(outputs, cls):
             return outputs
         if len(outputs) == 3:
             recon = outputs[0]
             return cls(*outputs, torch.zeros(recon.shape[0], dtype=torch.long, device=recon.device))
-        return cls(*outputs)
+        recon, latent, error_ref, family, *optional = outputs
+        maps = [t for t in optional if t.ndim == 4]
+        per_image = [t for t in optional if t.ndim == 1]
+        return cls(recon, latent, error_ref, family, maps[0] if maps else None, per_image[0] if per_image else None)
 
 
 class AsTuple(nn.Module):

@@ -14,7 +14,17 @@ from torch.nn import functional as F
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.images import float_batches
-from pipeline.models.blocks import LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll, up_stack
+from pipeline.models.blocks import (
+    LatentReport,
+    StepOutput,
+    bank_distance,
+    check_size,
+    down_stack,
+    error_reference,
+    latent_bank,
+    recon_nll,
+    up_stack,
+)
 from pipeline.models.output import ModelOutput, single_family
 
 USAGE_DECAY = 0.9  # EMA over batches of each code's share of assignments; ~10 batches of memory
@@ -138,6 +148,11 @@ class VQVAE(nn.Module):
                                          cfg.dead_code_threshold)
         self.decoder = nn.Sequential(nn.Conv2d(cfg.latent_dim, channels[-1], 1), *up_stack(widths))
         self.register_buffer("error_ref", error_reference(in_channels, image_size))
+        self.register_buffer("latent_bank", latent_bank(cfg.latent_dim))
+
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, latent_dim) the code latent_knn compares: the encoder's vectors averaged over the grid."""
+        return self.encoder(x).mean(dim=(2, 3))
 
     def training_step(self, x: torch.Tensor, beta: float = 0.0) -> StepOutput:
         """objective = recon NLL + (codebook + commitment_cost · commitment) / (2σ²) per latent
@@ -175,7 +190,9 @@ class VQVAE(nn.Module):
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """Inference pass (what the logged model exports): reconstruction, the largest distance
         from an encoder vector to its code per image, the clean per-pixel error reference and the
-        family index (0)."""
-        q = self.quantizer(self.encoder(x))
+        family index (0) and the grid-averaged code's distance to the nearest clean training codes."""
+        z = self.encoder(x)
+        q = self.quantizer(z)
         return ModelOutput(self.decoder(q.quantized), q.distance.flatten(1).amax(dim=1),
-                           self.error_ref.expand(x.shape[0], -1, -1, -1), single_family(x))
+                           self.error_ref.expand(x.shape[0], -1, -1, -1), single_family(x),
+                           latent_knn=bank_distance(z.mean(dim=(2, 3)), self.latent_bank))
