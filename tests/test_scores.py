@@ -131,6 +131,8 @@ def test_latent_knn_is_higher_for_a_surface_unlike_every_clean_training_crop(mod
     scores = score_crops(model, torch.cat([clean, other]), ScoreConfig(), cfg).scores[LATENT_KNN]
     assert roc_auc_score([0] * 20 + [1] * 20, scores) > 0.95
     assert scores[:20].max() < 1.0  # near codes: no far row is among the nearest
+    seen = score_crops(model, train[:5], ScoreConfig(), cfg).scores[LATENT_KNN]
+    assert np.allclose(seen, 0.0, atol=1e-3)  # a training crop's own code is its nearest
 
 
 def test_the_latent_bank_samples_a_large_training_set_the_same_way_every_time():
