@@ -34,7 +34,7 @@ MAP_SCORES = ("mse", "topk_mean", "blur_max", "norm_blur_max", "dark_blur_max", 
 COMBINED, COMBINED_PARTS = "dark_norm_mean", ("dark_area_max", "norm_blur_max")
 
 
-# From the model's latent code: its mean distance to the nearest clean training codes (each
+# From the model's latent code: its distance to the nearest clean training code (each
 # family's model keeps its own bank). It sees what is unlike every clean panel as a whole even
 # where clean pixel error is high all over (ELPV's poly cells).
 LATENT_KNN = "latent_knn"

@@ -17,7 +17,7 @@ class ModelOutput(NamedTuple):
     error_ref: torch.Tensor  # (B, 1, S, S) mean squared error of clean crops per pixel
     family: torch.Tensor  # (B,) int64 index of the family model that scored the image; 0 without families
     anomaly_map: torch.Tensor | None = None  # (B, 1, S, S) defect probability from a defect head; None without
-    # (B,) mean distance of the latent code to its nearest clean training codes (models/blocks.py:
+    # (B,) distance of the latent code to the nearest clean training code (models/blocks.py:
     # bank_distance); None from a version registered before the bank
     latent_knn: torch.Tensor | None = None
 
