@@ -228,7 +228,11 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
         if saved["identity"] != identity:
             raise UserError(f"{checkpoint.path}: checkpoint was written for other data or settings; "
                             "run without --resume to start over")
-        restore_streams(saved, model, optimizer, scheduler, order_rng, generator, device)
+        try:
+            restore_streams(saved, model, optimizer, scheduler, order_rng, generator, device)
+        except (RuntimeError, KeyError) as exc:  # e.g. written by a panelscan whose model had other buffers
+            raise UserError(f"{checkpoint.path}: checkpoint holds another model layout ({str(exc).splitlines()[0]}); "
+                            "run without --resume to start over") from exc
         best, best_state, stale = saved["best"], saved["best_state"], saved["stale"]
         result.history, result.best_epoch, result.resumed_from = saved["history"], saved["best_epoch"], saved["epoch"]
     start = time.perf_counter()

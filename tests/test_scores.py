@@ -135,6 +135,24 @@ def test_latent_knn_is_higher_for_a_surface_unlike_every_clean_training_crop(mod
     assert np.allclose(seen, 0.0, atol=1e-3)  # a training crop's own code is its nearest
 
 
+def test_the_convvae_code_is_its_last_grid_on_principal_axes_fitted_on_the_clean_crops():
+    """Fewer crops than axes: the projection keeps every distance between training grids, so the
+    nearest clean code is the nearest clean grid; a crop's own code sits at the grids' mean offset."""
+    from pipeline.models import build_model
+    from pipeline.scoring import fit_latent_bank
+
+    model = build_model(ModelConfig(latent_dim=8, channels=(8, 16)), 32).eval()
+    train = _surface(40, 0)
+    with torch.inference_mode():
+        assert not model.codes(train.float() / 255).any()  # unfitted: every code 0
+        fit_latent_bank(model, train)
+        grids, codes = model.code_features(train.float() / 255), model.codes(train.float() / 255)
+    assert codes.shape == (40, model.latent_bank.shape[1])
+    assert torch.allclose(torch.cdist(codes.double(), codes.double()), torch.cdist(grids.double(), grids.double()),
+                          atol=1e-3)
+    assert torch.allclose(codes.mean(dim=0), torch.zeros(codes.shape[1]), atol=1e-4)  # centred on the clean mean
+
+
 def test_the_latent_bank_samples_a_large_training_set_the_same_way_every_time():
     from pipeline.models import build_model
     from pipeline.models.blocks import BANK_FAR, BANK_ROWS

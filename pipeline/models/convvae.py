@@ -9,7 +9,7 @@ from torch import nn
 from pipeline.config import ModelConfig
 from pipeline.images import float_batches
 from pipeline.models.blocks import LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll, up_stack
-from pipeline.models.blocks import bank_distance, latent_bank
+from pipeline.models.blocks import CodeProjection, bank_distance, latent_bank
 from pipeline.models.output import ModelOutput, single_family
 
 ACTIVE_UNIT_KL = 0.1  # nats (~0.14 bits): a latent dimension carrying less KL than this is inactive
@@ -49,14 +49,23 @@ class ConvVAE(nn.Module):
         self.from_latent = nn.Linear(cfg.latent_dim, flat)
         self.decoder = nn.Sequential(*up_stack(widths))
         self.register_buffer("error_ref", error_reference(in_channels, image_size))
-        self.register_buffer("latent_bank", latent_bank(cfg.latent_dim))
+        self.code_projection = CodeProjection(flat)
+        self.register_buffer("latent_bank", latent_bank(self.code_projection.axes.shape[1]))
+
+    def code_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, flat) the encoder's last grid, flattened: what code_projection's axes are fitted on."""
+        return self.encoder(x)
 
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, latent_dim) the code latent_knn compares: μ."""
-        return self.encode(x)[0]
+        """(B, components) the code latent_knn compares: the last grid on its principal axes."""
+        return self.code_projection(self.encoder(x))
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mu, logvar = self.to_stats(self.encoder(x)).chunk(2, dim=1)
+        return self.stats(self.encoder(x))
+
+    def stats(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """μ and the clamped log-variance from the encoder's flattened grid."""
+        mu, logvar = self.to_stats(features).chunk(2, dim=1)
         return mu, logvar.clamp(-12.0, 8.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -99,8 +108,9 @@ class ConvVAE(nn.Module):
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """Inference pass (what the logged model exports): reconstruction from μ, KL per image,
         the clean per-pixel error reference (broadcast to the batch), the family index (0) and
-        μ's distance to the nearest clean training codes."""
-        mu, logvar = self.encode(x)
+        the code's distance to the nearest clean training codes."""
+        features = self.encoder(x)
+        mu, logvar = self.stats(features)
         return ModelOutput(self.decode(mu), kl_per_dim(mu, logvar).sum(dim=1),
                            self.error_ref.expand(x.shape[0], -1, -1, -1), single_family(x),
-                           latent_knn=bank_distance(mu, self.latent_bank))
+                           latent_knn=bank_distance(self.code_projection(features), self.latent_bank))
