@@ -262,12 +262,14 @@ def fit_latent_bank(model: nn.Module, clean: torch.Tensor, seed: int = 0, batch_
     (the ConvVAE) first gets its principal axes fitted on the same sample."""
     bank = model.latent_bank
     keep = torch.randperm(len(clean), generator=torch.Generator().manual_seed(seed))[:len(bank)].sort().values
-    sample = clean[keep]
+    batches = float_batches(clean[keep], batch_size, bank.device)
     projection = getattr(model, "code_projection", None)
-    if projection is not None:
-        features = [model.code_features(x) for x in float_batches(sample, batch_size, bank.device)]
+    if projection is None:
+        codes = [model.codes(x) for x in batches]
+    else:  # encode once: the same grids fit the axes and become the codes
+        features = [model.code_features(x) for x in batches]
         fit_code_projection(projection, torch.cat(features) if features else torch.zeros(0), seed)
-    codes = [model.codes(x) for x in float_batches(sample, batch_size, bank.device)]
+        codes = [projection(f) for f in features]
     bank.fill_(BANK_FAR)
     if codes:
         filled = torch.cat(codes)
