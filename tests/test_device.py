@@ -14,7 +14,7 @@ from flows.cli import build_config, parser
 from pipeline.device import pick_device
 from pipeline.errors import UserError
 from pipeline.models import build_model, exported
-from pipeline.scoring import fit_error_reference, score_crops
+from pipeline.scoring import LATENT_KNN, fit_error_reference, fit_latent_bank, score_crops
 from tests.conftest import small_config
 
 
@@ -26,6 +26,7 @@ def test_exported_program_loaded_for_a_device_scores_like_the_module(tmp_path: P
     # noise of a different strength per image: images that differ, so there is a ranking to keep
     crops = (torch.rand(70, 1, 64, 64) * torch.linspace(64, 255, 70).view(-1, 1, 1, 1)).to(torch.uint8)
     fit_error_reference(model, crops[:20])
+    fit_latent_bank(model, crops[:20])  # as training leaves it: latent_knn ranks images
     path = exported.save(model, torch.rand(2, 1, 64, 64), tmp_path / "model.pt2")
     loaded = exported.load(path, pick_device("cpu"))
     ours, theirs = (score_crops(m, crops, cfg.score, cfg.model) for m in (model, loaded))  # 70: a ragged last batch
@@ -35,7 +36,9 @@ def test_exported_program_loaded_for_a_device_scores_like_the_module(tmp_path: P
     with torch.autocast("cpu", torch.bfloat16):  # the GPU box scores under bf16 autocast too
         half, half_module = (score_crops(m, crops, cfg.score, cfg.model) for m in (loaded, model))
     for name in ours.scores:
-        np.testing.assert_allclose(half.scores[name], half_module.scores[name], rtol=1e-4, atol=1e-7, err_msg=name)
+        # Not latent_knn: an untrained model's codes lie ~1e-3 apart, as close as bf16 rounds its encoder
+        if name != LATENT_KNN:
+            np.testing.assert_allclose(half.scores[name], half_module.scores[name], rtol=1e-4, atol=1e-7, err_msg=name)
         assert np.corrcoef(half.scores[name], ours.scores[name])[0, 1] > 0.9, name  # bf16 ranks images as fp32 does
 
 

@@ -78,10 +78,11 @@ def bank_distance(codes: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """(B,) mean Euclidean distance from each code to its BANK_NEIGHBOURS nearest bank rows. The
     rows are ranked by one matmul (|b|² - 2c·b) and only the chosen ones measured by summed squared
     differences: the expanded form loses ~1e-4 to cancellation, and a direct (B, rows, dim) difference
-    is ten times slower at 256 dimensions. Not torch.cdist: it switches algorithm at 25 rows, which an
-    exported program with a dynamic batch cannot hold."""
+    is ten times slower at 256 dimensions. The ranking is in float64, which autocast leaves alone: in
+    bf16 near-ties fell differently in the eager model and its exported copy. Not torch.cdist: it
+    switches algorithm at 25 rows, which an exported program with a dynamic batch cannot hold."""
     codes, bank = codes.float(), bank.float()
-    ranking = bank.pow(2).sum(dim=1)[None] - 2 * codes @ bank.T
+    ranking = bank.double().pow(2).sum(dim=1)[None] - 2 * codes.double() @ bank.double().T
     nearest = ranking.topk(BANK_NEIGHBOURS, dim=1, largest=False).indices  # (B, k)
     return (codes[:, None, :] - bank[nearest]).pow(2).sum(dim=2).sqrt().mean(dim=1)
 
