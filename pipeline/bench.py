@@ -34,6 +34,7 @@ from pipeline.baselines import BASELINES, baseline_scores, per_family_baseline_s
 from pipeline.calibrate import evaluate, roc_auc_ci, score_table
 from pipeline.config import PanelConfig
 from pipeline.defect_head import with_head
+from pipeline.datasets.elpv import elpv_installed, write_elpv
 from pipeline.errors import UserError
 from pipeline.families import routing_accuracy, train_models, training_families
 from pipeline.device import pick_device
@@ -317,13 +318,10 @@ def bench_datasets(out: Path, quick: bool, raw: str | None = None, labels: str |
         generate(synth, n=600, seed=0)
     datasets = [BenchDataset(SYNTHETIC, synth, synth / "labels.csv")]
     if not quick:
-        try:
-            from pipeline.datasets.elpv import write_elpv
+        if elpv_installed():
             elpv = Path(out) / "elpv"
             table = write_elpv(elpv)  # copies only missing files; rewrites the labels (family column)
             datasets.append(BenchDataset("elpv", elpv, elpv / "labels.csv", dict(zip(table["path"], table["type"]))))
-        except ImportError:
-            pass  # make elpv installs it
         datasets += shared_datasets(shared) if shared else []
     if raw:
         datasets.append(BenchDataset(Path(raw).name, Path(raw), Path(labels) if labels else Path(raw) / "labels.csv"))

@@ -11,6 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline import bench
 from pipeline.bench import BASELINES, BenchDataset, markdown_table, run_bench, run_splits, shared_datasets
 from pipeline.scoring import score_names
 from tests.conftest import small_config
@@ -95,6 +96,15 @@ def test_shared_sets_are_found_with_their_masks(tmp_path: Path):
     found = shared_datasets(tmp_path)
     assert [d.name for d in found] == ["boards"] and found[0].masks == {"a/1.png": tmp_path / "masks" / "boards" / "a" / "1.png"}
     assert shared_datasets(tmp_path / "missing") == []
+
+
+def test_full_bench_without_the_elpv_package_runs_the_other_sets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A GPU box or a user's machine without `make elpv`: ELPV is skipped, not an error."""
+    (tmp_path / "shared" / "boards").mkdir(parents=True)
+    (tmp_path / "shared" / "boards" / "labels.csv").write_text("path,label\n")
+    monkeypatch.setattr(bench, "elpv_installed", lambda: False)
+    found = bench.bench_datasets(tmp_path / "out", quick=False, shared=tmp_path / "shared")
+    assert [d.name for d in found] == ["synthetic", "boards"]
 
 
 def test_pixel_roc_auc_reads_masks_either_way_round(tmp_path: Path):

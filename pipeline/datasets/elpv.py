@@ -7,6 +7,7 @@ uncertain, which is ingested and scored but never trained on or calibrated again
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,11 @@ import pandas as pd
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_csv
 from pipeline.labels import OK, UNCERTAIN
+
+
+def elpv_installed() -> bool:
+    """Whether the optional elpv-dataset package is there (`make elpv`); the full bench skips ELPV without it."""
+    return importlib.util.find_spec("elpv_dataset") is not None
 
 
 def package_root() -> Path:
