@@ -22,3 +22,21 @@ def test_gpu_benchmark_cpu_mode_measures_both_models_and_agrees_with_the_eager_m
         assert row["score_bf16_crops_per_s"] > 0 and "score_bf16_error" not in row  # both models run under bf16
         assert row["cpu_vs_device_max_rel_diff"] < 1e-3  # the exported program scores like the module
     assert result["table"].count("\n") == 3 and "| cpu | convvae | 32 |" in result["table"]
+
+
+def test_gpu_bench_runs_a_config_variant_through_the_bench_and_writes_its_tables(tmp_path: Path, monkeypatch,
+                                                                             capsys) -> None:
+    """The GPU box's quality bench (no MLflow, no Prefect there): a config variant through the bench."""
+    import benchmarks.gpu_bench as gpu_bench
+    from pipeline import bench
+
+    monkeypatch.setattr(bench, "elpv_installed", lambda: False)  # the synthetic set alone: seconds
+    tiny = {"ingest": {"image_size": 32}, "model": {"latent_dim": 8, "channels": [8, 16, 16]},
+            "train": {"epochs": 1, "batch_size": 64}}
+    head = tiny | {"model": tiny["model"] | {"head_steps": 2, "head_width": 4}}
+    gpu_bench.main(["--variant", f"head={json.dumps(head)}", "--out", str(tmp_path)])
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("head synthetic: ")]
+    assert len(lines) == 1 and " val " in lines[0] and " test " in lines[0] and "best head head_" in lines[0]
+    result = json.loads((tmp_path / "bench-head.json").read_text())
+    assert list(result["datasets"]) == ["synthetic"] and result["config"]["ingest"]["train_frac"] == 0.7
+    assert result["config"]["model"]["head_steps"] == 2 and "panelscan_convvae" in (tmp_path / "bench-head.md").read_text()
