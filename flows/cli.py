@@ -39,14 +39,14 @@ def _model_types(text: str) -> tuple[str, ...]:
     return names
 
 
-def _split_seeds(text: str) -> tuple[int, ...]:
-    """--split-seeds: whole numbers, comma-separated, each once."""
+def _seeds(text: str) -> tuple[int, ...]:
+    """--split-seeds / --train-seeds: whole numbers, comma-separated, each once."""
     try:
         seeds = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: split seeds are whole numbers, comma-separated (e.g. 0,1,2)") from None
+        raise argparse.ArgumentTypeError(f"{text!r}: seeds are whole numbers, comma-separated (e.g. 0,1,2)") from None
     if not seeds or len(set(seeds)) < len(seeds) or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: give one or more different non-negative split seeds (e.g. 0,1,2)")
+        raise argparse.ArgumentTypeError(f"{text!r}: give one or more different non-negative seeds (e.g. 0,1,2)")
     return seeds
 
 
@@ -112,9 +112,12 @@ def parser() -> argparse.ArgumentParser:
                    help="model types to train, comma-separated (default: %(default)s)")
     p.add_argument("--datasets", default="../shared/datasets",
                    help="folder of real sets (each a raw folder with labels.csv; masks/<set>/masks.csv) (default: %(default)s)")
-    p.add_argument("--split-seeds", type=_split_seeds,
+    p.add_argument("--split-seeds", type=_seeds,
                    help="run the bench once per split seed, e.g. 0,1,2, and report each and their mean "
                         "(default: the config's ingest.split_seed, 0)")
+    p.add_argument("--train-seeds", type=_seeds,
+                   help="... and once per training seed on each split, e.g. 0,1: one training moves the mean "
+                        "as much as a split does (default: the config's train.seed, 0)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--raw", help="also benchmark this folder of images ...")
     p.add_argument("--labels", help="... with this labels CSV (default: <raw>/labels.csv)")
@@ -199,7 +202,7 @@ def run(args: argparse.Namespace) -> str:
                 f"in the ledger, {r.n_quarantined} quarantined){drift}")
     if args.command == "bench":
         result = f.bench_flow(args.out, args.quick, args.raw, args.labels, config, args.datasets, args.models,
-                              args.split_seeds)
+                              args.split_seeds, args.train_seeds)
         from pipeline.bench import markdown_table
         return markdown_table(result)
     if args.command == "serve":

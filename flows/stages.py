@@ -203,15 +203,17 @@ def pipeline_flow(raw: str = "data/raw", labels: str | None = None, workdir: str
 @flow(name="bench")
 def bench_flow(out: str = "benchmarks/results", quick: bool = False, raw: str | None = None, labels: str | None = None,
                config: dict | None = None, shared: str | None = None,
-               model_types: tuple[str, ...] = ("convvae", "vqvae"), split_seeds: tuple[int, ...] | None = None) -> dict:
+               model_types: tuple[str, ...] = ("convvae", "vqvae"), split_seeds: tuple[int, ...] | None = None,
+               train_seeds: tuple[int, ...] | None = None) -> dict:
     """Quality + speed, panelscan next to the baselines on identical splits; JSON + Markdown in out.
-    split_seeds: run it once per split seed and report the mean too (default: the config's seed)."""
+    split_seeds / train_seeds: run it once per split seed and training seed and report the mean too
+    (default: the config's seeds)."""
     logger = get_run_logger()
     cfg = _config(config)
     datasets = bench_datasets(Path(out), quick, raw, labels, Path(shared) if shared else None)
     logger.info("data sets: %s", ", ".join(d.name for d in datasets))
     result = run_splits(datasets, Path(out) / "work", cfg.replace("ingest", train_frac=0.7), model_types,
-                        tuple(split_seeds or (cfg.ingest.split_seed,)), logger.info)
+                        tuple(split_seeds or (cfg.ingest.split_seed,)), logger.info, tuple(train_seeds or ()))
     name = "bench-quick" if quick else "bench"
     atomic_write_text(Path(out) / f"{name}.json", json.dumps(result, indent=2, default=str))
     atomic_write_text(Path(out) / f"{name}.md", markdown_table(result))

@@ -18,6 +18,7 @@ same files, training seconds per epoch, peak memory.
 
 from __future__ import annotations
 
+import itertools
 import platform
 import resource
 import time
@@ -196,26 +197,39 @@ def run_bench(datasets: list[BenchDataset], root: Path, cfg: PanelConfig,
 
 
 def run_splits(datasets: list[BenchDataset], root: Path, cfg: PanelConfig, model_types: tuple[str, ...],
-               split_seeds: tuple[int, ...], log: Callable[[str], None] = print) -> dict:
-    """The bench once per split seed (ingest.split_seed; training seeds unchanged): the first
-    seed's full result, and with more seeds every seed's figures and their mean (over_splits), so
-    a headline is not the luck of one split (on ELPV one split gave 0.870, another 0.755)."""
-    runs = {}
-    for i, seed in enumerate(split_seeds):
-        def tagged(message: str, seed: int = seed) -> None:
-            log(f"[split {seed}] {message}")
-        runs[seed] = run_bench(datasets, Path(root) / f"split-{seed}" if i else Path(root),
-                               cfg.replace("ingest", split_seed=seed), model_types, tagged if len(split_seeds) > 1 else log)
-    first = runs[split_seeds[0]]
+               split_seeds: tuple[int, ...], log: Callable[[str], None] = print,
+               train_seeds: tuple[int, ...] = ()) -> dict:
+    """The bench once per split seed (ingest.split_seed) and training seed (train.seed; default: the
+    config's): the first run's full result, and with more runs every run's figures and their mean
+    (over_splits), so a headline is not the luck of one split (on ELPV one split gave 0.870, another
+    0.755) nor of one training (one seed moved the real-set mean by 0.014). The training seeds of a
+    split share its workdir: the split is ingested once."""
+    train_seeds = train_seeds or (cfg.train.seed,)
+    runs: dict[tuple[int, int], dict] = {}
+    for split_seed, train_seed in itertools.product(split_seeds, train_seeds):
+        tag = f"[split {split_seed}" + (f", training seed {train_seed}] " if len(train_seeds) > 1 else "] ")
+
+        def tagged(message: str, tag: str = tag) -> None:
+            log(tag + message)
+        run_cfg = cfg.replace("ingest", split_seed=split_seed).replace("train", seed=train_seed)
+        workdir = Path(root) / f"split-{split_seed}" if split_seed != split_seeds[0] else Path(root)
+        runs[split_seed, train_seed] = run_bench(datasets, workdir, run_cfg, model_types,
+                                                 tagged if len(split_seeds) * len(train_seeds) > 1 else log)
+    first = next(iter(runs.values()))
     if len(runs) == 1:
         return first
     return first | {"over_splits": over_splits(runs), "seconds": sum(r["seconds"] for r in runs.values()),
                     "peak_memory_mb": max(r["peak_memory_mb"] for r in runs.values())}
 
 
-def over_splits(runs: dict[int, dict]) -> dict:
-    """Per method: each set's test ROC-AUC on every split seed and its mean, and the mean over
-    the real sets per seed and over all seeds (methods present in every run and set)."""
+def run_label(split_seed: int, train_seed: int, train_seeds: list[int]) -> str:
+    """A run's name in over_splits["runs"]: the split seed, and the training seed when there are several."""
+    return str(split_seed) if len(set(train_seeds)) == 1 else f"{split_seed}-{train_seed}"
+
+
+def over_splits(runs: dict[tuple[int, int], dict]) -> dict:
+    """Per method: each set's test ROC-AUC in every run (split seed, training seed) and its mean,
+    and the mean over the real sets per run and over all runs (methods present in every run and set)."""
     sets = list(next(iter(runs.values()))["datasets"])
     methods = [m for m in next(iter(runs.values()))["datasets"][sets[0]]["methods"]
                if all(m in r["datasets"][name]["methods"] for r in runs.values() for name in sets)]
@@ -225,9 +239,10 @@ def over_splits(runs: dict[int, dict]) -> dict:
         real = [r["summary"][m]["mean_roc_auc"] for r in runs.values() if m in r["summary"]]
         table[m] = {"roc_auc": per_set, "mean_roc_auc": {name: float(np.mean(v)) for name, v in per_set.items()},
                     "real_sets_per_split": real, "real_sets_mean": float(np.mean(real)) if real else float("nan")}
-    return {"seeds": list(runs), "methods": table,
-            "runs": {str(seed): {"date": r["date"], "datasets": r["datasets"], "summary": r["summary"]}
-                     for seed, r in list(runs.items())[1:]}}
+    train_seeds = [t for _, t in runs]
+    return {"seeds": [s for s, _ in runs], "train_seeds": train_seeds, "methods": table,
+            "runs": {run_label(s, t, train_seeds): {"date": r["date"], "datasets": r["datasets"], "summary": r["summary"]}
+                     for (s, t), r in list(runs.items())[1:]}}
 
 
 def summary(results: dict[str, dict]) -> dict[str, dict]:
@@ -276,12 +291,15 @@ def markdown_table(result: dict) -> str:
 
 
 def over_splits_table(over: dict) -> list[str]:
-    """Markdown lines: per method, each set's mean test ROC-AUC over the split seeds (the lowest
-    and highest beside it) and the mean over the real sets per seed."""
-    seeds = ", ".join(map(str, over["seeds"]))
+    """Markdown lines: per method, each set's mean test ROC-AUC over the runs (split seeds, and
+    training seeds when there are several; the lowest and highest beside it) and the mean over the
+    real sets per run."""
+    seeds = ", ".join(map(str, dict.fromkeys(over["seeds"])))
+    train_seeds = list(dict.fromkeys(over.get("train_seeds", [])))
+    runs = f"split seeds {seeds}" + (f" × training seeds {', '.join(map(str, train_seeds))}" if len(train_seeds) > 1 else "")
     sets = list(next(iter(over["methods"].values()))["roc_auc"]) if over["methods"] else []
-    lines = ["", f"Over split seeds {seeds} (mean test ROC-AUC, lowest–highest):", "",
-             "| method | " + " | ".join(sets) + " | mean of the real sets, per seed | over all seeds |",
+    lines = ["", f"Over {runs} (mean test ROC-AUC, lowest–highest):", "",
+             "| method | " + " | ".join(sets) + " | mean of the real sets, per run | over all runs |",
              "|---|" + "---|" * (len(sets) + 2)]
     for method, t in over["methods"].items():
         cells = [f"{t['mean_roc_auc'][name]:.3f} ({min(v):.3f}–{max(v):.3f})" for name, v in t["roc_auc"].items()]

@@ -143,7 +143,27 @@ def test_bench_over_split_seeds_reports_each_split_and_their_mean(synth_raw: Pat
         assert t["roc_auc"]["tiny"] == pair and t["mean_roc_auc"]["tiny"] == pytest.approx(np.mean(pair))
         assert t["real_sets_per_split"] == pair and t["real_sets_mean"] == pytest.approx(np.mean(pair))
     table = markdown_table(result)
-    assert "Over split seeds 0, 3" in table
+    assert "Over split seeds 0, 3 (" in table
     ours = over["methods"]["panelscan_convvae"]
     assert f"| panelscan_convvae | {ours['mean_roc_auc']['tiny']:.3f} (" in table
     assert f"| {ours['real_sets_mean']:.3f} |" in table
+
+
+def test_bench_over_training_seeds_trains_each_seed_on_the_same_split(synth_raw: Path, tmp_path: Path):
+    """One training can be luck too: with training seeds, each split is ingested once and trained
+    once per seed (identical test images, other weights), and the mean is over every run."""
+    dataset = BenchDataset("tiny", synth_raw, synth_raw / "labels.csv")
+    cfg = small_config(epochs=1).replace("ingest", train_frac=0.7)
+    result = run_splits([dataset], tmp_path, cfg, ("convvae",), (0,), log=lambda _: None, train_seeds=(0, 5))
+    result = json.loads(json.dumps(result, default=str))
+    over = result["over_splits"]
+    first, other = result["datasets"]["tiny"], over["runs"]["0-5"]["datasets"]["tiny"]
+    assert (over["seeds"], over["train_seeds"]) == ([0, 0], [0, 5]) and result["config"]["train"]["seed"] == 0
+    assert first["split"]["test_image_ids"] == other["split"]["test_image_ids"]  # the same split
+    assert not (tmp_path / "split-0").exists()  # ingested once, in the first run's workdir
+    ours = [first["methods"]["panelscan_convvae"], other["methods"]["panelscan_convvae"]]
+    assert ours[0]["candidates"] != ours[1]["candidates"]  # other weights, other scores
+    pair = [m["roc_auc"] for m in ours]
+    assert over["methods"]["panelscan_convvae"]["roc_auc"]["tiny"] == pair
+    assert over["methods"]["pca_recon"]["roc_auc"]["tiny"][0] == over["methods"]["pca_recon"]["roc_auc"]["tiny"][1]
+    assert "Over split seeds 0 × training seeds 0, 5 (" in markdown_table(result)

@@ -43,13 +43,16 @@ def test_bench_model_types_are_checked_at_the_command_line(capsys):
     assert "unknown model type(s) ['convae']; choose from convvae, vqvae" in capsys.readouterr().err
 
 
-def test_bench_split_seeds_are_checked_at_the_command_line(capsys):
+def test_bench_split_and_training_seeds_are_checked_at_the_command_line(capsys):
     import pytest
 
-    assert parser().parse_args(["bench", "--split-seeds", "0,1,2"]).split_seeds == (0, 1, 2)
-    assert parser().parse_args(["bench"]).split_seeds is None  # the config's ingest.split_seed
-    for bad, said in (("0,x", "split seeds are whole numbers"), ("1,1", "different non-negative"),
-                      ("-1", "different non-negative")):
-        with pytest.raises(SystemExit):
-            parser().parse_args(["bench", "--split-seeds", bad])
-        assert said in capsys.readouterr().err
+    args = parser().parse_args(["bench", "--split-seeds", "0,1,2", "--train-seeds", "0,1"])
+    assert (args.split_seeds, args.train_seeds) == ((0, 1, 2), (0, 1))
+    args = parser().parse_args(["bench"])
+    assert args.split_seeds is None and args.train_seeds is None  # the config's ingest.split_seed, train.seed
+    for option in ("--split-seeds", "--train-seeds"):
+        for bad, said in (("0,x", "seeds are whole numbers"), ("1,1", "different non-negative"),
+                          ("-1", "different non-negative")):
+            with pytest.raises(SystemExit):
+                parser().parse_args(["bench", option, bad])
+            assert said in capsys.readouterr().err
