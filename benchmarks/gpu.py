@@ -5,6 +5,7 @@ registry's exported program moved to the device, and end-to-end images/s on 300x
 
     python benchmarks/gpu.py                      # the GPU when there is one: 128 and 256 px
     python benchmarks/gpu.py --device cpu --small # seconds on a CPU (what the test runs)
+    python benchmarks/gpu.py --sizes 128 --models convvae --precisions fp32,bf16  # inside a 10-minute call
 
 Prints a Markdown table and writes it with the figures as JSON (--out).
 """
@@ -161,6 +162,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--small", action="store_true", help="tiny sizes and counts: a CPU smoke run")
     parser.add_argument("--models", default="convvae,vqvae")
     parser.add_argument("--precisions", default=",".join(PRECISIONS))
+    parser.add_argument("--sizes", help="crop sizes, comma-separated (default: 128,256; with --small: 32); one "
+                                        "size of both models with compile took over 250 s on an H100")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/gpu.json"))
     parser.add_argument("--decode-workers", type=int, default=-1,
                         help="processes decoding for the end-to-end figure (default: every core but one on a GPU, "
@@ -171,6 +174,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         sizes, n_train, n_score, n_images, epochs = [128, 256], 12_800, 16_384, 8_192, 3
     precisions = [p for p in args.precisions.split(",") if p]
+    sizes = [int(v) for v in args.sizes.split(",")] if args.sizes else sizes
     workers = args.decode_workers if args.decode_workers >= 0 else (
         max(0, (os.cpu_count() or 1) - 1) if pick_device(args.device).type == "cuda" else 0)
     rows = run(args.device, sizes, args.models.split(","), precisions, n_train, n_score, n_images, epochs, workers)

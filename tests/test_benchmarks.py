@@ -10,10 +10,10 @@ def test_gpu_benchmark_cpu_mode_measures_both_models_and_agrees_with_the_eager_m
     import benchmarks.gpu as gpu
 
     out = tmp_path / "gpu.json"
-    gpu.main(["--device", "cpu", "--small", "--precisions", "fp32,bf16", "--out", str(out)])
+    gpu.main(["--device", "cpu", "--small", "--sizes", "48", "--precisions", "fp32,bf16", "--out", str(out)])
     result = json.loads(out.read_text())
     rows = result["rows"]
-    assert [(r["model"], r["size"]) for r in rows] == [("convvae", 32), ("vqvae", 32)]
+    assert [(r["model"], r["size"]) for r in rows] == [("convvae", 48), ("vqvae", 48)]  # --sizes over --small
     for row in rows:
         assert row["device"] == "cpu" and row["train_batch"] == 16  # the CPU keeps its batch size
         assert row["train_crops_per_s"] > 0 and row["end_to_end_images_per_s"] > 0
@@ -21,7 +21,7 @@ def test_gpu_benchmark_cpu_mode_measures_both_models_and_agrees_with_the_eager_m
         assert row["score_fp32_crops_per_s"] > 0
         assert row["score_bf16_crops_per_s"] > 0 and "score_bf16_error" not in row  # both models run under bf16
         assert row["cpu_vs_device_max_rel_diff"] < 1e-3  # the exported program scores like the module
-    assert result["table"].count("\n") == 3 and "| cpu | convvae | 32 |" in result["table"]
+    assert result["table"].count("\n") == 3 and "| cpu | convvae | 48 |" in result["table"]
 
 
 def test_gpu_bench_runs_a_config_variant_through_the_bench_and_writes_its_tables(tmp_path: Path, monkeypatch,
