@@ -85,13 +85,15 @@ def train_head(model: nn.Module, train_x: torch.Tensor, cfg: PanelConfig, progre
     optimizer = torch.optim.Adam(head.parameters(), lr=mc.head_lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=mc.head_steps)
     g = torch.Generator().manual_seed(tc.seed + 2)  # its own stream: the check's pastes stay unseen
-    start, running = time.perf_counter(), 0.0
+    # The loss is summed on the device and read once per log_every steps: no host sync per step.
+    start, running = time.perf_counter(), torch.zeros((), dtype=torch.float64, device=device)
     for step in tqdm(range(1, mc.head_steps + 1), desc="train defect head", unit="step", disable=not progress):
-        x = to_float(train_x[torch.randint(len(train_x), (mc.head_batch,), generator=g)])
-        pasted = paste_defects(x, g)
-        keep_clean = torch.rand(len(x), generator=g) < 0.5  # half stay clean: the head must also say "nothing"
-        images = torch.where(keep_clean[:, None, None, None], x, pasted.images).to(device)
-        target = torch.where(keep_clean[:, None, None, None], 0.0, (pasted.masks > 0.5).float()).to(device)
+        x = to_float(train_x[torch.randint(len(train_x), (mc.head_batch,), generator=g)].to(device))
+        pasted = paste_defects(x, g)  # made on the device
+        # Half stay clean: the head must also learn to say "nothing".
+        keep_clean = (torch.rand(len(x), generator=g) < 0.5).to(device)
+        images = torch.where(keep_clean[:, None, None, None], x, pasted.images)
+        target = torch.where(keep_clean[:, None, None, None], 0.0, (pasted.masks > 0.5).float())
         with torch.no_grad():
             recon = ModelOutput.of(model(images)).recon
         loss = focal_loss(head(images, recon), target)
@@ -99,10 +101,10 @@ def train_head(model: nn.Module, train_x: torch.Tensor, cfg: PanelConfig, progre
         loss.backward()
         optimizer.step()
         scheduler.step()
-        running += loss.item()
+        running += loss.detach().double()
         if on_step is not None and step % log_every == 0:
-            on_step(step, {"head/loss": running / log_every})
-            running = 0.0
+            on_step(step, {"head/loss": running.item() / log_every})
+            running.zero_()
     return WithHead(model, head.eval()).cpu().eval(), time.perf_counter() - start
 
 

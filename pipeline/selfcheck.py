@@ -37,59 +37,66 @@ def _uniform(n: int, low: float, high: float, g: torch.Generator) -> torch.Tenso
     return low + (high - low) * torch.rand(n, generator=g)
 
 
-def blob_masks(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+def blob_masks(n: int, size: int, g: torch.Generator, device: torch.device | None = None) -> torch.Tensor:
     """(n, 1, S, S) irregular blobs: smooth value noise plus a Gaussian bump at a random place,
-    thresholded, softened at the rim. Radius 4 % to 15 % of the side."""
+    thresholded, softened at the rim. Radius 4 % to 15 % of the side. Drawn on the CPU (g), drawn
+    out on device."""
     masks = []
+    yy, xx = torch.meshgrid(torch.arange(size, device=device), torch.arange(size, device=device), indexing="ij")
     for _ in range(n):
         cells = int(torch.randint(6, 20, (1,), generator=g))
-        noise = F.interpolate(torch.rand(1, 1, cells + 1, cells + 1, generator=g), size=(size, size),
+        noise = F.interpolate(torch.rand(1, 1, cells + 1, cells + 1, generator=g).to(device), size=(size, size),
                               mode="bicubic", align_corners=True)
-        cy, cx = (torch.rand(2, generator=g) * 0.8 + 0.1) * size
+        cy, cx = ((torch.rand(2, generator=g) * 0.8 + 0.1) * size).tolist()
         radius = float(_uniform(1, 0.04, 0.15, g)) * size
-        yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
         bump = torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
         masks.append(((bump * (0.3 + 1.4 * noise[0, 0]) > 0.5) | (bump > 0.9)).float())  # noise frays the rim
     return blur(torch.stack(masks)[:, None], 0.7)
 
 
-def line_masks(n: int, size: int, g: torch.Generator) -> torch.Tensor:
+def line_masks(n: int, size: int, g: torch.Generator, device: torch.device | None = None) -> torch.Tensor:
     """(n, 1, S, S) thin wavy lines: a random walk with a drifting heading, drawn point by point
-    (half-pixel steps), 1 or 3 px wide, softened."""
+    (half-pixel steps), 1 or 3 px wide, softened. The walk on the CPU (g), the canvas on device."""
     steps = int(torch.randint(size // 2, 2 * size, (1,), generator=g))
     turns = torch.cumsum(torch.randn(n, steps, generator=g) * 0.08, 1) + torch.rand(n, 1, generator=g) * 2 * math.pi
     start = (torch.rand(n, 1, 2, generator=g) * 0.6 + 0.2) * size
     points = start + 0.5 * torch.cumsum(torch.stack([torch.sin(turns), torch.cos(turns)], 2), 1)  # (n, steps, y x)
     inside = ((points >= 0) & (points <= size - 1)).all(2)
     ys, xs = points[..., 0].round().long().clamp(0, size - 1), points[..., 1].round().long().clamp(0, size - 1)
-    canvas = torch.zeros(n, size * size)
-    canvas.scatter_(1, ys * size + xs, inside.float())
+    canvas = torch.zeros(n, size * size, device=device)
+    canvas.scatter_(1, (ys * size + xs).to(device), inside.float().to(device))
     canvas = canvas.view(n, 1, size, size)
-    wide = torch.rand(n, generator=g) < 0.5
+    wide = (torch.rand(n, generator=g) < 0.5).to(device)
     canvas = torch.where(wide[:, None, None, None], F.max_pool2d(canvas, 3, 1, 1), canvas)
-    return blur(canvas, 0.5).clamp(0, 1) / blur(torch.ones(1, 1, 5, 5), 0.5)[0, 0, 2, 2]
+    return blur(canvas, 0.5).clamp(0, 1) / blur(torch.ones(1, 1, 5, 5, device=device), 0.5)[0, 0, 2, 2]
 
 
 def paste_defects(x: torch.Tensor, g: torch.Generator) -> Pasted:
     """One synthetic defect on each float (N, 1, S, S) crop: a third of them lines, the rest blobs
-    with a fill drawn from BLOB_FILLS; opacity 0.5 to 1."""
-    n, size = x.shape[0], x.shape[-1]
-    is_line = torch.rand(n, generator=g) < 1 / 3
-    masks = torch.where(is_line[:, None, None, None], line_masks(n, size, g), blob_masks(n, size, g))
-    fill_kind = torch.randint(0, len(BLOB_FILLS), (n,), generator=g)
-    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)[:, None, None, None]
+    with a fill drawn from BLOB_FILLS; opacity 0.5 to 1. The random draws come from g on the CPU
+    (the same defects on any device); the pixels are made on the crops' device, so a GPU-trained
+    defect head does not wait on the CPU for them."""
+    n, size, dev = x.shape[0], x.shape[-1], x.device
+
+    def uniform(low: float, high: float) -> torch.Tensor:  # one per crop, broadcast over its pixels
+        return _uniform(n, low, high, g)[:, None, None, None].to(dev)
+
+    is_line = (torch.rand(n, generator=g) < 1 / 3).to(dev)[:, None, None, None]
+    masks = torch.where(is_line, line_masks(n, size, g, dev), blob_masks(n, size, g, dev))
+    fill_kind = torch.randint(0, len(BLOB_FILLS), (n,), generator=g).to(dev)
+    sign = torch.where(torch.rand(n, generator=g) < 0.5, -1.0, 1.0)[:, None, None, None].to(dev)
     shift = tuple(int(v) for v in torch.randint(size // 4, 3 * size // 4, (2,), generator=g))
     fills = {
         "texture": torch.roll(x, shifts=(1, *shift), dims=(0, 2, 3)),  # another clean crop, elsewhere
-        "grey": _uniform(n, 0.0, 1.0, g)[:, None, None, None].expand_as(x),
-        "shade": x * (1 + sign * _uniform(n, 0.15, 0.5, g)[:, None, None, None]),
-        "noise": x + torch.randn(x.shape, generator=g) * _uniform(n, 0.08, 0.25, g)[:, None, None, None],
+        "grey": uniform(0.0, 1.0).expand_as(x),
+        "shade": x * (1 + sign * uniform(0.15, 0.5)),
+        "noise": x + torch.randn(x.shape, generator=g).to(dev) * uniform(0.08, 0.25),
     }
-    blob_fill = torch.stack([fills[k] for k in BLOB_FILLS])[fill_kind, torch.arange(n)]
-    line_fill = x + sign * _uniform(n, 0.15, 0.5, g)[:, None, None, None]  # a crack: darker or brighter
-    fill = torch.where(is_line[:, None, None, None], line_fill, blob_fill).clamp(0, 1)
-    alpha = masks * _uniform(n, 0.5, 1.0, g)[:, None, None, None]
-    return Pasted((x * (1 - alpha) + fill.to(x.device) * alpha).clamp(0, 1), masks)
+    blob_fill = torch.stack([fills[k] for k in BLOB_FILLS])[fill_kind, torch.arange(n, device=dev)]
+    line_fill = x + sign * uniform(0.15, 0.5)  # a crack: darker or brighter
+    fill = torch.where(is_line, line_fill, blob_fill).clamp(0, 1)
+    alpha = masks * uniform(0.5, 1.0)
+    return Pasted((x * (1 - alpha) + fill * alpha).clamp(0, 1), masks)
 
 
 def pasted_copies(clean: torch.Tensor, seed: int = 0) -> torch.Tensor:

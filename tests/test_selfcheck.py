@@ -30,6 +30,22 @@ def test_pasting_is_seeded():
     assert not torch.equal(pasted_copies(clean, seed=1), pasted_copies(clean, seed=2))
 
 
+def test_defects_are_made_on_the_crops_device_and_are_the_same_on_any_device():
+    """A GPU-trained defect head gets its pasted batches on the GPU, not from the CPU ('meta', a
+    device without data, stands in for one: any CPU tensor mixed in would fail), and the random
+    draws stay on the CPU generator, so the defects do not depend on the device."""
+    x = torch.rand(6, 1, 32, 32)
+    on_meta = paste_defects(x.to("meta"), torch.Generator().manual_seed(4))
+    assert on_meta.images.device.type == on_meta.masks.device.type == "meta"
+    assert on_meta.images.shape == on_meta.masks.shape == x.shape
+    g = torch.Generator().manual_seed(4)
+    paste_defects(x.to("meta"), g)
+    after_meta = paste_defects(x, g)  # the meta call drew exactly what a CPU call draws
+    g = torch.Generator().manual_seed(4)
+    paste_defects(x, g)
+    assert torch.equal(paste_defects(x, g).images, after_meta.images)
+
+
 def test_a_model_that_copies_its_input_cannot_find_pasted_defects():
     """An identity 'reconstruction' leaves no error anywhere: every candidate score is at chance."""
     class Identity(torch.nn.Module):
