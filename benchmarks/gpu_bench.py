@@ -1,14 +1,15 @@
 """The quality bench on a box without MLflow or Prefect (a GPU box has neither): the same
 run_splits as `panelscan bench` (pipeline/bench.py, same 0.7 train share), once per config
-variant, so one call can weigh a setting that is too slow to try on the CPU (e.g. the defect
-head at DRAEM's budget).
+variant and per split seed and training seed, so one call can weigh a setting that is too slow
+to try on the CPU (e.g. the defect head at DRAEM's budget).
 
     python benchmarks/gpu_bench.py --datasets DIR --variant off='{}' \\
-        --variant head5k='{"model": {"head_steps": 5000, "head_width": 32}}' --split-seeds 0 --out OUT
+        --variant head5k='{"model": {"head_steps": 5000, "head_width": 32}}' --split-seeds 0,1 --train-seeds 0,1 --out OUT
 
 Per variant: OUT/bench-<name>.json and .md as the bench writes them; a summary line per set on
-stdout: the chosen score with its val / test ROC-AUC, and the best head score by val when the
-variant trained a head. The synthetic set is always in; ELPV when its package is installed.
+stdout (the first run's): the chosen score with its val / test ROC-AUC, and the best head score
+by val when the variant trained a head. The synthetic set is always in; ELPV when its package is
+installed (92 MB: more than a device call carries).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
-from pipeline.bench import bench_datasets, markdown_table, run_splits  # noqa: E402
+from pipeline.bench import bench_datasets, markdown_table, over_splits_table, run_splits  # noqa: E402
 from pipeline.config import PanelConfig  # noqa: E402
 
 
@@ -47,20 +48,24 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--datasets", type=Path, help="folder of real sets (as ../shared/datasets)")
     p.add_argument("--variant", type=variant, action="append", required=True, help="NAME=JSON config overrides")
     p.add_argument("--split-seeds", default="0")
+    p.add_argument("--train-seeds", default="", help="e.g. 0,1 (default: the config's train.seed)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     seeds = tuple(int(s) for s in args.split_seeds.split(","))
+    train_seeds = tuple(int(s) for s in args.train_seeds.split(",") if s)
     datasets = bench_datasets(args.out, quick=False, shared=args.datasets)
     print("data sets:", ", ".join(d.name for d in datasets), flush=True)
     for name, overrides in args.variant:
         cfg = PanelConfig.from_dict(overrides).replace("ingest", train_frac=0.7)
         start = time.perf_counter()
         result = run_splits(datasets, args.out / f"work-{name}", cfg, ("convvae",), seeds,
-                            lambda m, name=name: print(f"{time.perf_counter() - start:7.1f}s {name} {m}", flush=True))
+                            lambda m, name=name: print(f"{time.perf_counter() - start:7.1f}s {name} {m}", flush=True),
+                            train_seeds)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"bench-{name}.json").write_text(json.dumps(result, indent=2, default=str))
         (args.out / f"bench-{name}.md").write_text(markdown_table(result))
-        print("\n".join(summary_lines(name, result)), flush=True)
+        over = over_splits_table(result["over_splits"]) if "over_splits" in result else []
+        print("\n".join(summary_lines(name, result) + over), flush=True)
 
 
 if __name__ == "__main__":

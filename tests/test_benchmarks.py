@@ -34,9 +34,11 @@ def test_gpu_bench_runs_a_config_variant_through_the_bench_and_writes_its_tables
     tiny = {"ingest": {"image_size": 32}, "model": {"latent_dim": 8, "channels": [8, 16, 16]},
             "train": {"epochs": 1, "batch_size": 64}}
     head = tiny | {"model": tiny["model"] | {"head_steps": 2, "head_width": 4}}
-    gpu_bench.main(["--variant", f"head={json.dumps(head)}", "--out", str(tmp_path)])
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("head synthetic: ")]
+    gpu_bench.main(["--variant", f"head={json.dumps(head)}", "--train-seeds", "0,1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("head synthetic: ")]
     assert len(lines) == 1 and " val " in lines[0] and " test " in lines[0] and "best head head_" in lines[0]
+    assert "Over split seeds 0 × training seeds 0, 1 (" in out  # the mean over both trainings, on stdout too
     result = json.loads((tmp_path / "bench-head.json").read_text())
     assert list(result["datasets"]) == ["synthetic"] and result["config"]["ingest"]["train_frac"] == 0.7
     assert result["config"]["model"]["head_steps"] == 2 and "panelscan_convvae" in (tmp_path / "bench-head.md").read_text()
