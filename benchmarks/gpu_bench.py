@@ -31,6 +31,10 @@ def variant(text: str) -> tuple[str, dict]:
     return name, json.loads(overrides or "{}")
 
 
+def seeds(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(",") if part.strip())  # argparse reports a ValueError
+
+
 def summary_lines(name: str, result: dict) -> list[str]:
     lines = []
     for dataset, r in result["datasets"].items():
@@ -47,20 +51,18 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", type=Path, help="folder of real sets (as ../shared/datasets)")
     p.add_argument("--variant", type=variant, action="append", required=True, help="NAME=JSON config overrides")
-    p.add_argument("--split-seeds", default="0")
-    p.add_argument("--train-seeds", default="", help="e.g. 0,1 (default: the config's train.seed)")
+    p.add_argument("--split-seeds", type=seeds, default=(0,))
+    p.add_argument("--train-seeds", type=seeds, default=(), help="e.g. 0,1 (default: the config's train.seed)")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    seeds = tuple(int(s) for s in args.split_seeds.split(","))
-    train_seeds = tuple(int(s) for s in args.train_seeds.split(",") if s)
     datasets = bench_datasets(args.out, quick=False, shared=args.datasets)
     print("data sets:", ", ".join(d.name for d in datasets), flush=True)
     for name, overrides in args.variant:
         cfg = PanelConfig.from_dict(overrides).replace("ingest", train_frac=0.7)
         start = time.perf_counter()
-        result = run_splits(datasets, args.out / f"work-{name}", cfg, ("convvae",), seeds,
+        result = run_splits(datasets, args.out / f"work-{name}", cfg, ("convvae",), args.split_seeds,
                             lambda m, name=name: print(f"{time.perf_counter() - start:7.1f}s {name} {m}", flush=True),
-                            train_seeds)
+                            args.train_seeds)
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"bench-{name}.json").write_text(json.dumps(result, indent=2, default=str))
         (args.out / f"bench-{name}.md").write_text(markdown_table(result))
