@@ -4,7 +4,7 @@ import torch
 from pipeline.checkpoint import Checkpointing
 from pipeline.config import ModelConfig
 from pipeline.models import free_bits_kl
-from pipeline.train import beta_at, train_model
+from pipeline.train import _batch_order, beta_at, train_model
 from tests.conftest import small_config
 
 
@@ -87,6 +87,22 @@ def test_resume_refuses_a_checkpoint_from_other_settings_and_starts_fresh_withou
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(ValueError, match="convvae.pt: unreadable checkpoint"):
         train_model(data[:64], data[64:], small_config(epochs=1), progress=False, checkpoint=Checkpointing(path, resume=True))
+
+
+def test_a_small_set_trains_min_steps_an_epoch_seeing_every_crop_equally_often(monkeypatch):
+    """24 crops at batch 16 are 2 steps a pass: min_steps 5 makes each epoch 3 passes, 72 crops in
+    5 steps (batches run on across passes); a set with enough steps for min_steps keeps one pass."""
+    steps = []
+    step = torch.optim.AdamW.step
+    monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (steps.append(1), step(self, *a, **k))[1])
+    data = _clean_panels(32)
+    train_model(data[:24], data[24:], small_config(epochs=2, batch_size=16, min_steps=5), progress=False)
+    assert len(steps) == 2 * 5
+    steps.clear()
+    train_model(data[:24], data[24:], small_config(epochs=2, batch_size=16, min_steps=2), progress=False)
+    assert len(steps) == 2 * 2
+    seen = torch.cat([torch.as_tensor(b) for b in _batch_order(24, 16, torch.Generator().manual_seed(0), passes=3)])
+    assert torch.bincount(seen).tolist() == [3] * 24  # three whole passes, not draws with replacement
 
 
 def test_loader_workers_do_not_change_the_result():
