@@ -225,6 +225,7 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
         model = model.to(memory_format=torch.channels_last)
     batch_size, lr = device_batch(tc, len(train_x), device)
     passes = epoch_passes(tc, len(train_x), batch_size)
+    steps_per_epoch = math.ceil(passes * len(train_x) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
     if _fits_on(device, train_x, val_x):  # uint8 crops kept on the GPU: batches by index
@@ -268,7 +269,7 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
                                 step)
         scheduler.step()
         metrics = {**{f"train/{k}": v for k, v in train_m.items()}, **{f"val/{k}": v for k, v in val_m.items()},
-                   "lr": scheduler.get_last_lr()[0], **select(model)}
+                   "lr": scheduler.get_last_lr()[0], "train/steps": epoch * steps_per_epoch, **select(model)}
         if model.uses_beta:
             metrics["train/beta"] = beta
             metrics["active_units"] = val_m["active_units"]  # the headline name analysts know

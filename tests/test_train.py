@@ -96,8 +96,8 @@ def test_a_small_set_trains_min_steps_an_epoch_seeing_every_crop_equally_often(m
     step = torch.optim.AdamW.step
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (steps.append(1), step(self, *a, **k))[1])
     data = _clean_panels(32)
-    train_model(data[:24], data[24:], small_config(epochs=2, batch_size=16, min_steps=5), progress=False)
-    assert len(steps) == 2 * 5
+    result = train_model(data[:24], data[24:], small_config(epochs=2, batch_size=16, min_steps=5), progress=False)
+    assert len(steps) == 2 * 5 and [h["train/steps"] for h in result.history] == [5, 10]  # what MLflow shows
     steps.clear()
     train_model(data[:24], data[24:], small_config(epochs=2, batch_size=16, min_steps=2), progress=False)
     assert len(steps) == 2 * 2
