@@ -100,8 +100,6 @@ class TrainConfig:
     # On a GPU the batch grows with the set (pipeline/train.py: device_batch): the CPU batch while an
     # epoch would have under `min_steps` steps, up to gpu_batch_size, the LR scaled by sqrt(batch / batch_size).
     gpu_batch_size: int = 256
-    # An epoch takes at least this many optimizer steps, on any device: a smaller set passes over its
-    # crops more than once per epoch (pipeline/train.py: epoch_passes). 1: one pass, as before session 19.
     min_steps: int = 32
     compile: bool = option(False, "torch.compile the training step (GPU; off by default until measured)")
     weight_decay: float = 0.0

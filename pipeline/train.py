@@ -74,12 +74,12 @@ class TrainResult:
 
 
 def _loader(data: torch.Tensor, batch_size: int, generator: torch.Generator | None, device: torch.device,
-            workers: int, passes: int = 1) -> DataLoader:
+            workers: int) -> DataLoader:
     """Whole batches by fancy indexing (no per-image collate); shuffled when a generator is given."""
     # The loader's own generator only seeds workers (which draw nothing): keeping its draws off the
     # global stream makes results independent of the worker count. Workers come from a forkserver:
     # forking the trainer itself (Prefect and MLflow threads, maybe CUDA) left workers dying on exit.
-    return DataLoader(TensorDataset(data), sampler=_batch_order(len(data), batch_size, generator, passes), batch_size=None,
+    return DataLoader(TensorDataset(data), sampler=_batch_order(len(data), batch_size, generator), batch_size=None,
                       num_workers=workers, pin_memory=device.type == "cuda",
                       multiprocessing_context="forkserver" if workers else None,
                       generator=torch.Generator())
@@ -95,27 +95,16 @@ def device_batch(tc: TrainConfig, n_train: int, device: torch.device) -> tuple[i
     return batch, tc.lr * math.sqrt(batch / tc.batch_size)
 
 
-def epoch_passes(tc: TrainConfig, n_train: int, batch_size: int) -> int:
-    """Passes over the training crops in one epoch: enough for min_steps optimizer steps. A small
-    set (or a small family) otherwise gets few steps in its epoch schedule: ELPV's mono model, 28
-    steps an epoch, still lowered its clean error after 40 epochs and its detection varied with
-    the seed (README, "How each default was chosen")."""
-    return max(1, math.ceil(tc.min_steps / math.ceil(n_train / batch_size)))
-
-
-def _batch_order(n: int, batch_size: int, generator: torch.Generator | None, passes: int = 1) -> BatchSampler:
-    """Index batches over n crops: shuffled when a generator is given (passes fresh permutations
-    back to back), in order otherwise."""
-    order = (RandomSampler(range(n), num_samples=n * passes, generator=generator) if generator is not None
-             else SequentialSampler(range(n)))
+def _batch_order(n: int, batch_size: int, generator: torch.Generator | None) -> BatchSampler:
+    """Index batches over n crops: shuffled when a generator is given, in order otherwise."""
+    order = RandomSampler(range(n), generator=generator) if generator is not None else SequentialSampler(range(n))
     return BatchSampler(order, batch_size, drop_last=False)
 
 
-def _resident_batches(data: torch.Tensor, batch_size: int, generator: torch.Generator | None,
-                      passes: int = 1) -> Iterator:
+def _resident_batches(data: torch.Tensor, batch_size: int, generator: torch.Generator | None) -> Iterator:
     """Batches of crops already on the GPU, by index (no loader, no host copies), in the order
     the loader would give."""
-    for idx in _batch_order(len(data), batch_size, generator, passes):
+    for idx in _batch_order(len(data), batch_size, generator):
         yield (data[torch.as_tensor(idx, device=data.device)],)
 
 
@@ -127,18 +116,17 @@ def _fits_on(device: torch.device, *tensors: torch.Tensor) -> bool:
 
 def _epoch_pass(model: nn.Module, loader: DataLoader | torch.Tensor, n_images: int, cfg: PanelConfig, beta: float,
                 device: torch.device, optimizer: torch.optim.Optimizer | None, generator: torch.Generator,
-                order: torch.Generator | None = None, batch_size: int = 0, step: Callable | None = None,
-                passes: int = 1) -> dict[str, float]:
-    """One epoch over the loader (or a tensor resident on the device, in batches drawn with order:
-    passes times over it); trains when an optimizer is given. Returns mean per-image terms over the
-    n_images crops it saw. Sums stay on the device (float64): one host sync per epoch, not one per
-    metric per step."""
+                order: torch.Generator | None = None, batch_size: int = 0, step: Callable | None = None
+                ) -> dict[str, float]:
+    """One pass over the loader (or a tensor resident on the device, in batches drawn with order);
+    trains when an optimizer is given. Returns mean per-image terms. Sums stay on the device
+    (float64): one host sync per pass, not one per metric per step."""
     training = optimizer is not None
     model.train(training)
     step = step or model.training_step
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=device))
     latent = None
-    batches = _resident_batches(loader, batch_size, order, passes) if isinstance(loader, torch.Tensor) else loader
+    batches = _resident_batches(loader, batch_size, order) if isinstance(loader, torch.Tensor) else loader
     for (batch,) in batches:
         x = batch.to(device, non_blocking=True)
         if device.type == "cuda":
@@ -224,14 +212,13 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     batch_size, lr = device_batch(tc, len(train_x), device)
-    passes = epoch_passes(tc, len(train_x), batch_size)
-    steps_per_epoch = math.ceil(passes * len(train_x) / batch_size)
+    steps_per_epoch = math.ceil(len(train_x) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
     if _fits_on(device, train_x, val_x):  # uint8 crops kept on the GPU: batches by index
         train_loader, val_loader = train_x.to(device), val_x.to(device)
     else:
-        train_loader = _loader(train_x, batch_size, order_rng, device, tc.loader_workers, passes)
+        train_loader = _loader(train_x, batch_size, order_rng, device, tc.loader_workers)
         val_loader = _loader(val_x, batch_size, None, device, tc.loader_workers)
     step = torch.compile(model.training_step) if tc.compile else model.training_step
     identity = run_identity(train_x, val_x, cfg) if checkpoint else {}
@@ -259,8 +246,8 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
             result.stopped_early = True
             break
         beta = beta_at(epoch, cfg.model) if model.uses_beta else 0.0
-        train_m = _epoch_pass(model, train_loader, passes * len(train_x), cfg, beta, device, optimizer, generator,
-                              order_rng, batch_size, step, passes)
+        train_m = _epoch_pass(model, train_loader, len(train_x), cfg, beta, device, optimizer, generator, order_rng,
+                              batch_size, step)
         # Validate the model as it will be exported: exact clean BatchNorm statistics, not the lagging
         # running averages (those made clean val loss jump 3x between epochs and stopped runs early).
         recalibrate_batchnorm(model, train_x[:BN_CALIBRATION_CROPS], device=device)

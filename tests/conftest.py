@@ -54,9 +54,9 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 
 def small_config(**train) -> PanelConfig:
-    """Fast settings for tests: 64 px crops, a few epochs of one pass each."""
+    """Fast settings for tests: 64 px crops, a few epochs."""
     cfg = PanelConfig().replace("ingest", image_size=64).replace("model", latent_dim=16, channels=(16, 32, 32))
-    return cfg.replace("train", **({"epochs": 3, "batch_size": 32, "min_steps": 1} | train))
+    return cfg.replace("train", **({"epochs": 3, "batch_size": 32} | train))
 
 
 @pytest.fixture()

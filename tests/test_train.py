@@ -4,7 +4,7 @@ import torch
 from pipeline.checkpoint import Checkpointing
 from pipeline.config import ModelConfig
 from pipeline.models import free_bits_kl
-from pipeline.train import _batch_order, beta_at, train_model
+from pipeline.train import beta_at, train_model
 from tests.conftest import small_config
 
 
@@ -89,20 +89,14 @@ def test_resume_refuses_a_checkpoint_from_other_settings_and_starts_fresh_withou
         train_model(data[:64], data[64:], small_config(epochs=1), progress=False, checkpoint=Checkpointing(path, resume=True))
 
 
-def test_a_small_set_trains_min_steps_an_epoch_seeing_every_crop_equally_often(monkeypatch):
-    """24 crops at batch 16 are 2 steps a pass: min_steps 5 makes each epoch 3 passes, 72 crops in
-    5 steps (batches run on across passes); a set with enough steps for min_steps keeps one pass."""
+def test_train_steps_count_the_optimizer_steps_analysts_see_per_epoch(monkeypatch):
+    """24 crops at batch 16: 2 optimizer steps an epoch, logged as train/steps 2, 4."""
     steps = []
     step = torch.optim.AdamW.step
     monkeypatch.setattr(torch.optim.AdamW, "step", lambda self, *a, **k: (steps.append(1), step(self, *a, **k))[1])
     data = _clean_panels(32)
-    result = train_model(data[:24], data[24:], small_config(epochs=2, batch_size=16, min_steps=5), progress=False)
-    assert len(steps) == 2 * 5 and [h["train/steps"] for h in result.history] == [5, 10]  # what MLflow shows
-    steps.clear()
-    train_model(data[:24], data[24:], small_config(epochs=2, batch_size=16, min_steps=2), progress=False)
-    assert len(steps) == 2 * 2
-    seen = torch.cat([torch.as_tensor(b) for b in _batch_order(24, 16, torch.Generator().manual_seed(0), passes=3)])
-    assert torch.bincount(seen).tolist() == [3] * 24  # three whole passes, not draws with replacement
+    result = train_model(data[:24], data[24:], small_config(epochs=2, batch_size=16), progress=False)
+    assert len(steps) == 4 and [h["train/steps"] for h in result.history] == [2, 4]
 
 
 def test_loader_workers_do_not_change_the_result():
