@@ -37,7 +37,8 @@ from pipeline.config import PanelConfig
 from pipeline.defect_head import with_head
 from pipeline.datasets.elpv import elpv_installed, write_elpv
 from pipeline.errors import UserError
-from pipeline.families import routing_accuracy, train_models, training_families
+from pipeline.ensemble import train_members
+from pipeline.families import routing_accuracy, training_families
 from pipeline.device import pick_device
 from pipeline.ingest import ingest, prepare_many
 from pipeline.localisation import pixel_roc_auc, read_masks
@@ -99,15 +100,15 @@ def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset) -> tuple
     """Train one model type on the split (one model per family when the labels name families),
     score, scale and choose its score on val as calibration does, report test; and its speed."""
     clean = is_clean(split.val).to_numpy()
-    trained = train_models(split.train, split.train_families, split.val_x[torch.from_numpy(clean.copy())],
-                           split.val["family"].to_numpy(str)[clean], cfg,
-                           lambda _, tx, vx, family_cfg: train_model(tx, vx, family_cfg, progress=False))
+    trained = train_members(split.train, split.train_families, split.val_x[torch.from_numpy(clean.copy())],
+                            split.val["family"].to_numpy(str)[clean], cfg,
+                            lambda _, tx, vx, family_cfg: train_model(tx, vx, family_cfg, progress=False))
     model, head_seconds = with_head(trained.model, split.train, cfg, progress=False)
     model = model.to(pick_device(cfg.score.device))
-    scored = score_val_test(model, split.val, split.val_x, split.test, split.test_x, cfg, len(trained.results),
+    scored = score_val_test(model, split.val, split.val_x, split.test, split.test_x, cfg, len(trained.families) or 1,
                             keep_heatmaps=bool(dataset.masks))
-    families = [f for f in trained.results if f]
-    choice = choose_score(scored.val, scored.synthetic, len(trained.results))
+    families = list(trained.families)
+    choice = choose_score(scored.val, scored.synthetic, len(trained.families) or 1)
     # What the choice saw (validation only), and each candidate's test figure beside it: what the
     # choice cost or gained, for the analyst; never an input to the choice.
     candidates = score_table(scored.val, scored.test, choice, scored.synthetic, families)

@@ -113,6 +113,9 @@ class TrainConfig:
     min_epochs: int = 20  # ... but never before this: early val figures are too noisy to judge (BatchNorm lag)
     min_delta: float = 1e-4  # relative improvement that counts as better
     seed: int = option(0, "seed of weights, batch order and augmentation")
+    # Trainings scored as one (pipeline/ensemble.py), member k with seed + k: each score is the
+    # members' mean. Costs members x the training and the model's scoring time.
+    members: int = option(1, "models trained from seeds seed, seed+1, ...; every score is their mean")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where to train")
     max_shift: int = 3  # augmentation: random shift in pixels (keeps clean images clean)
     brightness: float = 0.08  # augmentation: multiplicative gain range +-

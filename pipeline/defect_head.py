@@ -61,7 +61,7 @@ class WithHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         out = ModelOutput.of(self.model(x))
-        return out._replace(anomaly_map=torch.sigmoid(self.head(x, out.recon)))
+        return out._replace(anomaly_map=torch.sigmoid(self.head(x, out.mean_recon)))
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
@@ -95,7 +95,7 @@ def train_head(model: nn.Module, train_x: torch.Tensor, cfg: PanelConfig, progre
         images = torch.where(keep_clean[:, None, None, None], x, pasted.images)
         target = torch.where(keep_clean[:, None, None, None], 0.0, (pasted.masks > 0.5).float())
         with torch.no_grad():
-            recon = ModelOutput.of(model(images)).recon
+            recon = ModelOutput.of(model(images)).mean_recon
         loss = focal_loss(head(images, recon), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

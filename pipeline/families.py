@@ -125,6 +125,11 @@ class Trained:
     results: dict[str, TrainResult]  # family ("" for one shared model) -> how its training went
     classifier: FamilyClassifier | None  # the router's classifier, with families
 
+    @property
+    def families(self) -> tuple[str, ...]:
+        """The family of each model index; () for one shared model."""
+        return self.classifier.names if self.classifier else ()
+
 
 FitOne = Callable[[str, torch.Tensor, torch.Tensor, PanelConfig], TrainResult]
 

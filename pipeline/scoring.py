@@ -141,26 +141,33 @@ def _score_blur(maps: torch.Tensor, shown: torch.Tensor | None, cfg: ScoreConfig
     return shown if shown is not None and cfg.blur_sigma == cfg.heatmap_sigma else blur(maps, cfg.blur_sigma)
 
 
+def _member_max(maps: torch.Tensor) -> torch.Tensor:
+    """(B, members, S, S) maps -> (B,): each member's largest value, averaged over the members."""
+    return maps.flatten(2).amax(dim=2).mean(dim=1)
+
+
 def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: ModelConfig,
                keep_heatmaps: bool = True) -> ScoredBatch:
     """All candidate scores from one batch of inputs and the model's outputs. The heatmap is the
     normalised blurred error: where this image's error exceeds what clean panels show at that
     pixel (connector edges always reconstruct worse)."""
+    # One channel per ensemble member (pipeline/ensemble.py; one for a single model): each score is
+    # taken per member, then averaged over the members.
     residual = x - out.recon
-    error = residual.pow(2)  # (B, 1, S, S)
-    flat = error.flatten(1)
-    k = max(1, int(round(cfg.topk_frac * flat.shape[1])))
-    ref = out.error_ref + cfg.norm_eps * out.error_ref.mean(dim=(1, 2, 3), keepdim=True)
+    error = residual.pow(2)  # (B, members, S, S)
+    flat = error.flatten(2)
+    k = max(1, int(round(cfg.topk_frac * flat.shape[2])))
+    ref = out.error_ref + cfg.norm_eps * out.error_ref.mean(dim=(2, 3), keepdim=True)
     normalised = error / ref
     # the same error as norm_blur_max, smoothed to show areas; not made when no map is kept
     heat = blur(normalised, cfg.heatmap_sigma) if keep_heatmaps else None
     scores = {
-        "mse": flat.mean(dim=1),
-        "topk_mean": flat.topk(k, dim=1).values.mean(dim=1),
-        "blur_max": blur(error, cfg.blur_sigma).flatten(1).amax(dim=1),
-        "norm_blur_max": _score_blur(normalised, heat, cfg).flatten(1).amax(dim=1),
-        "dark_blur_max": blur(-residual, cfg.blur_sigma).flatten(1).amax(dim=1),
-        "dark_area_max": blur(-residual, cfg.area_sigma).flatten(1).amax(dim=1),
+        "mse": flat.mean(dim=2).mean(dim=1),
+        "topk_mean": flat.topk(k, dim=2).values.mean(dim=2).mean(dim=1),
+        "blur_max": _member_max(blur(error, cfg.blur_sigma)),
+        "norm_blur_max": _member_max(_score_blur(normalised, heat, cfg)),
+        "dark_blur_max": _member_max(blur(-residual, cfg.blur_sigma)),
+        "dark_area_max": _member_max(blur(-residual, cfg.area_sigma)),
     }
     kind = model_class(model_cfg.model_type)
     scores[kind.latent_score_name] = kind.latent_score(x, out, model_cfg)
@@ -169,13 +176,13 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     head_heat = None
     if out.anomaly_map is not None:  # the head says where defects are better than raw error does
         head_heat = blur(out.anomaly_map, cfg.heatmap_sigma) if keep_heatmaps else None
-        scores["head_blur_max"] = _score_blur(out.anomaly_map, head_heat, cfg).flatten(1).amax(dim=1)
-        scores["head_area_max"] = blur(out.anomaly_map, cfg.area_sigma).flatten(1).amax(dim=1)
+        scores["head_blur_max"] = _member_max(_score_blur(out.anomaly_map, head_heat, cfg))
+        scores["head_area_max"] = _member_max(blur(out.anomaly_map, cfg.area_sigma))
     # One copy to the host per batch: every score, the maps (only if kept) and the family index.
     names = list(scores)
     host = torch.stack([scores[n].double() for n in names]).cpu().numpy()
-    def kept(maps: torch.Tensor | None) -> torch.Tensor:  # none kept: an empty stack of maps
-        return maps[:, 0].cpu() if maps is not None else torch.zeros(0, *x.shape[-2:])
+    def kept(maps: torch.Tensor | None) -> torch.Tensor:  # the members' mean; none kept: an empty stack
+        return maps.mean(dim=1).cpu() if maps is not None else torch.zeros(0, *x.shape[-2:])
     return ScoredBatch(dict(zip(names, host)), kept(heat), out.family.long().cpu().numpy(),
                        None if out.anomaly_map is None else kept(head_heat))
 

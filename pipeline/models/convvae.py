@@ -102,8 +102,9 @@ class ConvVAE(nn.Module):
 
     @staticmethod
     def latent_score(x: torch.Tensor, out: ModelOutput, cfg: ModelConfig) -> torch.Tensor:
-        """Negative ELBO per image in nats (up to a constant), with the recon likelihood it trained with."""
-        return recon_nll(x, out.recon, cfg.recon_loss, cfg.recon_sigma) + out.latent_score
+        """Negative ELBO per image in nats (up to a constant), with the recon likelihood it trained with;
+        an ensemble's (one recon channel per member, its KL the members' mean): the members' mean."""
+        return recon_nll(x, out.recon, cfg.recon_loss, cfg.recon_sigma) / out.recon.shape[1] + out.latent_score
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """Inference pass (what the logged model exports): reconstruction from μ, KL per image,

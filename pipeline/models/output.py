@@ -12,7 +12,9 @@ from torch import nn
 class ModelOutput(NamedTuple):
     """A ConvVAE, a VQ-VAE or the family router on a float (B, 1, S, S) batch in [0, 1]."""
 
-    recon: torch.Tensor  # (B, 1, S, S) reconstruction in [0, 1], from the deterministic path (μ / codes)
+    # (B, 1, S, S) reconstruction in [0, 1], from the deterministic path (μ / codes); an ensemble's
+    # (pipeline/ensemble.py) has one channel per member, and so has its error_ref
+    recon: torch.Tensor
     latent_score: torch.Tensor  # (B,) KL per image (VAE) or farthest encoder vector from its code (VQ)
     error_ref: torch.Tensor  # (B, 1, S, S) mean squared error of clean crops per pixel
     family: torch.Tensor  # (B,) int64 index of the family model that scored the image; 0 without families
@@ -20,6 +22,11 @@ class ModelOutput(NamedTuple):
     # (B,) distance of the latent code to the nearest clean training code (models/blocks.py:
     # bank_distance); None from a version registered before the bank
     latent_knn: torch.Tensor | None = None
+
+    @property
+    def mean_recon(self) -> torch.Tensor:
+        """(B, 1, S, S): the reconstruction as one image (an ensemble's members averaged)."""
+        return self.recon.mean(dim=1, keepdim=True)
 
     @classmethod
     def of(cls, outputs: Sequence[torch.Tensor]) -> "ModelOutput":

@@ -15,7 +15,7 @@ from pipeline.checkpoint import Checkpointing, read_checkpoint
 from pipeline.config import PanelConfig
 from pipeline.defect_head import with_head
 from pipeline.errors import UserError
-from pipeline.families import train_models
+from pipeline.ensemble import train_members
 from pipeline.files import atomic_write_text
 from pipeline.images import to_float
 from pipeline.train import TrainResult, train_model
@@ -35,6 +35,7 @@ class TrainOutcome:
     collapsed: bool
     warning: str  # the collapse alarm's message, empty when healthy
     families: tuple[str, ...] = ()  # one model per family (routed by a classifier); () for one shared model
+    members: int = 1  # trainings scored as one (train.members)
 
 
 def checkpoint_path(workdir: Path, cfg: PanelConfig, family: str = "") -> Path:
@@ -74,8 +75,8 @@ def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True, resume: 
                 warnings.warn(f"{family or 'model'}: {result.latent.warning}", stacklevel=2)
             return result
 
-        trained = train_models(train_x, train_rows["family"].to_numpy(str), val_x, val_rows["family"].to_numpy(str),
-                               cfg, fit_one)
+        trained = train_members(train_x, train_rows["family"].to_numpy(str), val_x, val_rows["family"].to_numpy(str),
+                                cfg, fit_one)
         results = list(trained.results.values())
         seconds, best_epoch = sum(r.seconds for r in results), max(r.best_epoch for r in results)
         resumed_from = min(r.resumed_from for r in results)
@@ -89,7 +90,7 @@ def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True, resume: 
     collapsed = [f"{family or 'model'}: {r.latent.warning}" for family, r in trained.results.items() if r.collapsed]
     outcome = TrainOutcome(run_id, version, cfg.model.model_type, best_epoch, max(len(r.history) for r in results),
                            resumed_from, seconds, results[0].device, bool(collapsed), "; ".join(collapsed),
-                           tuple(trained.results) if trained.classifier else ())
+                           trained.families, cfg.train.members)
     atomic_write_text(dirs.latest_train, json.dumps(asdict(outcome), indent=2))
     return outcome
 
