@@ -149,8 +149,8 @@ def train_flow(workdir: str = "data", config: dict | None = None, resume: bool =
     outcome = train_task(workdir, config, resume)
     if outcome.collapsed:
         get_run_logger().warning(outcome.warning)
-    get_run_logger().info("trained %s%s on %s in %.0fs (best epoch %d of %d%s); registered version %s (run %s)",
-                          outcome.model_type,
+    get_run_logger().info("trained %s%s%s on %s in %.0fs (best epoch %d of %d%s); registered version %s (run %s)",
+                          outcome.model_type, f" x{outcome.members} (seeds scored as one)" if outcome.members > 1 else "",
                           f" per family ({', '.join(outcome.families)})" if outcome.families else "",
                           outcome.device, outcome.seconds, outcome.best_epoch, outcome.epochs_run,
                           f", resumed after epoch {outcome.resumed_from}" if outcome.resumed_from else "",
