@@ -56,7 +56,8 @@ def tree_digest(root: Path) -> dict[str, str]:
 def small_config(**train) -> PanelConfig:
     """Fast settings for tests: 64 px crops, a few epochs."""
     cfg = PanelConfig().replace("ingest", image_size=64).replace("model", latent_dim=16, channels=(16, 32, 32))
-    return cfg.replace("train", **({"epochs": 3, "batch_size": 32} | train))
+    # one member (train.members): half the training time; tests/test_ensemble.py trains two
+    return cfg.replace("train", **({"epochs": 3, "batch_size": 32, "members": 1} | train))
 
 
 @pytest.fixture()
