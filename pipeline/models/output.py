@@ -16,7 +16,7 @@ class ModelOutput(NamedTuple):
     # (pipeline/ensemble.py) has one channel per member, and so has its error_ref
     recon: torch.Tensor
     latent_score: torch.Tensor  # (B,) KL per image (VAE) or farthest encoder vector from its code (VQ)
-    error_ref: torch.Tensor  # (B, 1, S, S) mean squared error of clean crops per pixel
+    error_ref: torch.Tensor  # (B, 1 or members, S, S) mean squared error of clean crops per pixel
     family: torch.Tensor  # (B,) int64 index of the family model that scored the image; 0 without families
     anomaly_map: torch.Tensor | None = None  # (B, 1, S, S) defect probability from a defect head; None without
     # (B,) distance of the latent code to the nearest clean training code (models/blocks.py:
