@@ -38,14 +38,14 @@ from pipeline.defect_head import with_head
 from pipeline.datasets.elpv import elpv_installed, write_elpv
 from pipeline.errors import UserError
 from pipeline.ensemble import train_members
-from pipeline.families import routing_accuracy, training_families
+from pipeline.families import FitOne, routing_accuracy, training_families
 from pipeline.device import pick_device
 from pipeline.ingest import ingest, prepare_many
 from pipeline.localisation import pixel_roc_auc, read_masks
 from pipeline.models import MODEL_TYPES, model_class
 from pipeline.scoring import per_image_max, score_crops
 from pipeline.split_scores import choose_score, score_val_test
-from pipeline.train import train_model
+from pipeline.train import TrainResult, train_model
 from pipeline.workspace import WorkDirs, dataset_hash, is_clean, load_crops, load_split
 
 SCHEMA_VERSION = 2  # 2: CIs, pixel ROC-AUC, summary over the real sets
@@ -96,13 +96,31 @@ def prepare_split(dataset: BenchDataset, workdir: Path, cfg: PanelConfig) -> Spl
                  load_crops(test, dirs.crops))
 
 
-def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset) -> tuple[dict, dict]:
+def logged_fit(log: Callable[[str], None], every: int = 10) -> FitOne:
+    """train_model without a progress bar (bench logs are files), saying every `every` epochs and at
+    the end how far each model (member, family) is: a full bench trains for hours on a CPU."""
+    def fit(name: str, tx: torch.Tensor, vx: torch.Tensor, cfg: PanelConfig) -> TrainResult:
+        what = f"{cfg.model.model_type} {name}".rstrip()
+
+        def on_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            if epoch % every == 0:
+                log(f"{what}: epoch {epoch}/{cfg.train.epochs}, clean val recon {metrics['val/recon']:.4g}")
+        result = train_model(tx, vx, cfg, on_epoch=on_epoch, progress=False)
+        log(f"{what}: trained {len(result.history)} epochs in {result.seconds:.0f} s (kept epoch {result.best_epoch})")
+        return result
+    return fit
+
+
+def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset,
+                 log: Callable[[str], None] = print) -> tuple[dict, dict]:
     """Train one model type on the split (one model per family when the labels name families),
     score, scale and choose its score on val as calibration does, report test; and its speed."""
     clean = is_clean(split.val).to_numpy()
     trained = train_members(split.train, split.train_families, split.val_x[torch.from_numpy(clean.copy())],
                             split.val["family"].to_numpy(str)[clean], cfg,
-                            lambda _, tx, vx, family_cfg: train_model(tx, vx, family_cfg, progress=False))
+                            logged_fit(lambda message: log(f"[{dataset.name}] {message}")))
+    if cfg.model.head_steps > 0:
+        log(f"[{dataset.name}] defect head: {cfg.model.head_steps} steps")
     model, head_seconds = with_head(trained.model, split.train, cfg, progress=False)
     model = model.to(pick_device(cfg.score.device))
     scored = score_val_test(model, split.val, split.val_x, split.test, split.test_x, cfg, len(trained.families) or 1,
@@ -154,7 +172,7 @@ def run_dataset(dataset: BenchDataset, workdir: Path, cfg: PanelConfig, model_ty
     for model_type in model_types:
         log(f"[{dataset.name}] train {model_type}")
         type_cfg = cfg.replace("model", model_type=model_type)
-        metrics, timing = model_result(split, type_cfg, dataset)
+        metrics, timing = model_result(split, type_cfg, dataset, log)
         methods[f"panelscan_{model_type}"] = metrics
         files = [Path(dataset.raw) / p for p in split.test["source_path"].drop_duplicates()]
         speed[f"panelscan_{model_type}"] = {k: v for k, v in timing.items() if k != "model"} | scoring_speed(
