@@ -8,8 +8,8 @@ to try on the CPU (e.g. the defect head at DRAEM's budget).
 
 Per variant: OUT/bench-<name>.json and .md as the bench writes them; a summary line per set on
 stdout (the first run's): the chosen score with its val / test ROC-AUC, and the best head score
-by val when the variant trained a head. The synthetic set is always in; ELPV when its package is
-installed (92 MB: more than a device call carries).
+by val when the variant trained a head. Every set found runs (the synthetic set; ELPV when its
+package is installed, 92 MB: more than a device call carries) unless `--sets` names some.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ from pipeline.config import PanelConfig  # noqa: E402
 def variant(text: str) -> tuple[str, dict]:
     name, _, overrides = text.partition("=")
     return name, json.loads(overrides or "{}")
+
+
+def names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def seeds(text: str) -> tuple[int, ...]:
@@ -53,9 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variant", type=variant, action="append", required=True, help="NAME=JSON config overrides")
     p.add_argument("--split-seeds", type=seeds, default=(0,))
     p.add_argument("--train-seeds", type=seeds, default=(), help="e.g. 0,1 (default: the config's train.seed)")
+    p.add_argument("--sets", type=names, default=(), help="only these data sets, e.g. kolektorsdd,piped")
     p.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
-    datasets = bench_datasets(args.out, quick=False, shared=args.datasets)
+    datasets = bench_datasets(args.out, quick=False, shared=args.datasets, sets=args.sets)
     print("data sets:", ", ".join(d.name for d in datasets), flush=True)
     for name, overrides in args.variant:
         cfg = PanelConfig.from_dict(overrides).replace("ingest", train_frac=0.7)

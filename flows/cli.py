@@ -39,6 +39,14 @@ def _model_types(text: str) -> tuple[str, ...]:
     return names
 
 
+def _names(text: str) -> tuple[str, ...]:
+    """--sets: comma-separated names; which exist is known only once the sets are found."""
+    names = tuple(dict.fromkeys(name.strip() for name in text.split(",") if name.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError(f"no data set named in {text!r}")
+    return names
+
+
 def _seeds(text: str) -> tuple[int, ...]:
     """--split-seeds / --train-seeds: whole numbers, comma-separated, each once."""
     try:
@@ -118,6 +126,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train-seeds", type=_seeds,
                    help="... and once per training seed on each split, e.g. 0,1: one training moves the mean "
                         "as much as a split does (default: the config's train.seed, 0)")
+    p.add_argument("--sets", type=_names, default=(),
+                   help="only these data sets, comma-separated, e.g. elpv,kolektorsdd (default: every set found)")
     p.add_argument("--out", default="benchmarks/results")
     p.add_argument("--raw", help="also benchmark this folder of images ...")
     p.add_argument("--labels", help="... with this labels CSV (default: <raw>/labels.csv)")
@@ -202,7 +212,7 @@ def run(args: argparse.Namespace) -> str:
                 f"in the ledger, {r.n_quarantined} quarantined){drift}")
     if args.command == "bench":
         result = f.bench_flow(args.out, args.quick, args.raw, args.labels, config, args.datasets, args.models,
-                              args.split_seeds, args.train_seeds)
+                              args.split_seeds, args.train_seeds, args.sets)
         from pipeline.bench import markdown_table
         return markdown_table(result)
     if args.command == "serve":

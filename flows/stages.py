@@ -204,13 +204,13 @@ def pipeline_flow(raw: str = "data/raw", labels: str | None = None, workdir: str
 def bench_flow(out: str = "benchmarks/results", quick: bool = False, raw: str | None = None, labels: str | None = None,
                config: dict | None = None, shared: str | None = None,
                model_types: tuple[str, ...] = ("convvae", "vqvae"), split_seeds: tuple[int, ...] | None = None,
-               train_seeds: tuple[int, ...] | None = None) -> dict:
+               train_seeds: tuple[int, ...] | None = None, sets: tuple[str, ...] = ()) -> dict:
     """Quality + speed, panelscan next to the baselines on identical splits; JSON + Markdown in out.
     split_seeds / train_seeds: run it once per split seed and training seed and report the mean too
-    (default: the config's seeds)."""
+    (default: the config's seeds); sets: only the data sets of these names (default: all)."""
     logger = get_run_logger()
     cfg = _config(config)
-    datasets = bench_datasets(Path(out), quick, raw, labels, Path(shared) if shared else None)
+    datasets = bench_datasets(Path(out), quick, raw, labels, Path(shared) if shared else None, tuple(sets))
     logger.info("data sets: %s", ", ".join(d.name for d in datasets))
     result = run_splits(datasets, Path(out) / "work", cfg.replace("ingest", train_frac=0.7), model_types,
                         tuple(split_seeds or (cfg.ingest.split_seed,)), logger.info, tuple(train_seeds or ()))

@@ -13,6 +13,7 @@ from PIL import Image
 
 from pipeline import bench
 from pipeline.bench import BASELINES, BenchDataset, markdown_table, run_bench, run_splits, shared_datasets
+from pipeline.errors import UserError
 from pipeline.scoring import score_names
 from tests.conftest import small_config
 
@@ -108,6 +109,20 @@ def test_full_bench_without_the_elpv_package_runs_the_other_sets(tmp_path: Path,
     monkeypatch.setattr(bench, "elpv_installed", lambda: False)
     found = bench.bench_datasets(tmp_path / "out", quick=False, shared=tmp_path / "shared")
     assert [d.name for d in found] == ["synthetic", "boards"]
+
+
+def test_bench_runs_only_the_named_sets_and_a_wrong_name_lists_the_sets_there_are(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch):
+    """`--sets plates`: the other sets are neither generated nor trained; a typo is a user error."""
+    for name in ("boards", "plates"):
+        (tmp_path / "shared" / name).mkdir(parents=True)
+        (tmp_path / "shared" / name / "labels.csv").write_text("path,label\n")
+    monkeypatch.setattr(bench, "elpv_installed", lambda: False)
+    found = bench.bench_datasets(tmp_path / "out", quick=False, shared=tmp_path / "shared", sets=("plates",))
+    assert [d.name for d in found] == ["plates"]
+    assert not (tmp_path / "out" / "synth-600").exists()
+    with pytest.raises(UserError, match="no data set named elpv, plate in this run; it has synthetic, boards, plates"):
+        bench.bench_datasets(tmp_path / "out", quick=False, shared=tmp_path / "shared", sets=("elpv", "plate"))
 
 
 def test_pixel_roc_auc_reads_masks_either_way_round(tmp_path: Path):

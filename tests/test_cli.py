@@ -56,3 +56,13 @@ def test_bench_split_and_training_seeds_are_checked_at_the_command_line(capsys):
             with pytest.raises(SystemExit):
                 parser().parse_args(["bench", option, bad])
             assert said in capsys.readouterr().err
+
+
+def test_bench_sets_are_read_as_names_once_each(capsys):
+    import pytest
+
+    assert parser().parse_args(["bench", "--sets", "elpv, piped,elpv"]).sets == ("elpv", "piped")
+    assert parser().parse_args(["bench"]).sets == ()  # every set found
+    with pytest.raises(SystemExit):
+        parser().parse_args(["bench", "--sets", ","])
+    assert "no data set named in ','" in capsys.readouterr().err
