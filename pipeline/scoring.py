@@ -112,6 +112,10 @@ class ScoreChoice:
             out[torch.from_numpy(names == name)] = maps[torch.from_numpy(names == name)]
         return out
 
+    def reads_head(self) -> bool:
+        """Whether any deciding score comes from a defect head's map (else scoring can drop the head)."""
+        return any(name in HEAD_SCORES for name in (self.name, *self.per_family))
+
     def describe(self, families: Sequence[str] = ()) -> str:
         """`name`, or each family's score ("mono: norm_blur_max, poly: elbo")."""
         if not self.per_family:

@@ -186,14 +186,16 @@ def resolve_version(model_name: str, ref: str) -> str:
                           "run `panelscan pipeline` (or train + calibrate) first") from exc
 
 
-def load_model(model_name: str, version: str, device: torch.device | None = None) -> nn.Module:
+def load_model(model_name: str, version: str, device: torch.device | None = None, head: bool = True) -> nn.Module:
     """A registered version, ready to run on device (default CPU). MLflow loads it (and checks that
     the pt2 archive is pickle-free); for a GPU the same archive is loaded again with its graph
-    moved there (pipeline/models/exported.py)."""
+    moved there (pipeline/models/exported.py). head=False drops a defect head's map and its work."""
     uri = f"models:/{model_name}/{version}"
     model = mlflow.pytorch.load_model(uri)
     if device is not None and device.type != "cpu":
         model = exported.load(Path(mlflow.artifacts.download_artifacts(f"{uri}/data/model.pt2")), device)
+    if not head:
+        model = exported.without_head(model)
     return model.to(memory_format=torch.channels_last)  # the layout oneDNN and cuDNN convolve fastest (CPU: 1.45x)
 
 

@@ -125,3 +125,14 @@ def test_with_few_labelled_defects_the_pasted_defect_check_chooses_the_score():
         synthetic = {"labelled_favourite": 0.6, "pasted_favourite": 0.9}
         assert select_score(scores, labels, synthetic) == expected, n_defects
     assert select_score(scores, np.array(["ok"] * 140)) == "blur_max"  # neither: the documented default
+
+
+def test_the_pasted_defect_check_never_picks_a_defect_heads_score_but_labelled_validation_may():
+    rng = np.random.default_rng(3)
+    labels = np.array(["ok"] * 100 + ["crack"] * 40)
+    y = labels != "ok"
+    scores = {"head_blur_max": rng.normal(0, 1, len(y)) + 3.0 * y, "norm_blur_max": rng.normal(0, 1, len(y)) + 1.0 * y}
+    synthetic = {"head_blur_max": 0.97, "norm_blur_max": 0.62}  # the head learned the pasted defects
+    few = {name: values[:103] for name, values in scores.items()}
+    assert select_score(few, labels[:103], synthetic) == "norm_blur_max"  # 3 labelled defects: the check decides
+    assert select_score(scores, labels, synthetic) == "head_blur_max"  # 40: labelled validation decides

@@ -10,6 +10,7 @@ import torch
 
 from pipeline import tracking
 from pipeline.defect_head import WithHead, focal_loss, train_head
+from pipeline.models import ModelOutput
 from pipeline.scoring import HEAD_SCORES, score_crops, score_names
 from pipeline.selfcheck import pasted_copies, synthetic_check
 from pipeline.train import train_model
@@ -61,6 +62,18 @@ def test_a_model_with_a_head_scores_the_same_from_the_registry(headed):
         assert after.scores[name] == pytest.approx(before.scores[name], rel=1e-4, abs=1e-6), name
     assert torch.allclose(after.heatmaps, before.heatmaps, atol=1e-5)
     assert torch.allclose(after.head_maps, before.head_maps, atol=1e-5)
+    # Scoring whose chosen score does not read the head loads the version without it: the same
+    # other scores and maps, no head output, and none of the head's convolutions left to run.
+    headless = tracking.load_model(cfg.tracking.model_name, version, head=False)
+    assert ModelOutput.of(headless(held_out[:2].float() / 255)).anomaly_map is None
+    def convolutions(module):
+        return sum(node.target == torch.ops.aten.conv2d.default for node in module.graph.nodes)
+    assert convolutions(headless) < convolutions(loaded) and convolutions(headless) > 0
+    pruned = score_crops(headless, held_out, cfg.score, cfg.model)
+    assert set(pruned.scores) == set(before.scores) - set(HEAD_SCORES) and pruned.head_maps is None
+    for name in pruned.scores:
+        assert pruned.scores[name] == pytest.approx(after.scores[name], rel=1e-5, abs=1e-7), name
+    assert torch.equal(pruned.heatmaps, after.heatmaps)
 
 
 def test_the_heatmap_follows_the_chosen_score_the_head_map_only_for_a_head_score(headed):

@@ -118,3 +118,8 @@ def test_a_mix_that_only_fits_validation_noise_is_seldom_kept_and_a_real_one_alw
         out_of_fold += choose_score(val, {}, n_families=2).per_family != ()
     assert in_sample >= 20 and out_of_fold <= 0.6 * in_sample
     assert all(choose_score(_same_signal_split(seed, 0.5), {}, 2).per_family == (A, B) for seed in range(10))
+
+
+def test_scoring_needs_the_defect_head_only_when_a_deciding_score_reads_it():
+    assert not ScoreChoice(A).reads_head() and not ScoreChoice(A, (A, B)).reads_head()
+    assert ScoreChoice("head_area_max").reads_head() and ScoreChoice(A, (A, "head_blur_max")).reads_head()

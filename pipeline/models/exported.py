@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from torch.export import Dim
 from torch.export.passes import move_to_device_pass
+from torch.utils import _pytree as pytree
 
 from pipeline.models.output import AsTuple
 
@@ -29,6 +30,27 @@ def load(path: Path, device: torch.device) -> nn.Module:
     """A saved program as a module whose weights, buffers and ops all run on device."""
     module = move_to_device_pass(torch.export.load(str(path)), device).module()  # on CPU too: one path, tested
     return _without_dtype_asserts(module)
+
+
+def without_head(module: nn.Module) -> nn.Module:
+    """A loaded program without its defect-head map (the 4-D output after ModelOutput's first
+    four), the head's ops dropped with it as dead code: a version whose chosen score does not read
+    the head scores without paying for it (the head costs about as much as one member). Outputs
+    keep their order, so ModelOutput.of reads the rest as before; a program without a head is
+    returned as it is."""
+    graph = module.graph
+    output = next(node for node in graph.nodes if node.op == "output")
+    outputs = list(output.args[0])
+    kept = [node for k, node in enumerate(outputs) if k < 4 or node.meta["val"].ndim != 4]
+    if len(kept) == len(outputs):
+        return module
+    output.args = (tuple(kept),)
+    graph.eliminate_dead_code()
+    # the program returns its outputs through a pytree spec: it must count one output fewer
+    codegen = graph._codegen
+    codegen.pytree_info = codegen.pytree_info._replace(out_spec=pytree.tree_structure(tuple(kept)))
+    module.recompile()
+    return module
 
 
 def _without_dtype_asserts(module: nn.Module) -> nn.Module:

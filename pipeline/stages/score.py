@@ -116,10 +116,12 @@ def score_shard(plan: ScoringPlan, paths: list[str], workdir: Path, cfg: PanelCo
         write_heatmaps(day_dir, heatmaps)  # before the ledger: a committed row's heatmap exists
         ledger.add(plan.report_date, version, rows, [row["source_sha256"] for row in rows])
 
-    # This run's device and decode workers, not training's.
+    # This run's device and decode workers, not training's; a defect head only when the chosen score reads it.
+    calibration = Calibration.from_dict(plan.calibration)
     n_scored, rejected = score_files(
-        [Path(p) for p in paths], lambda: tracking.load_model(name, version, pick_device(cfg.score.device)),
-        plan.model_config(), Calibration.from_dict(plan.calibration), raw, commit, cfg.score.decode_workers, progress)
+        [Path(p) for p in paths],
+        lambda: tracking.load_model(name, version, pick_device(cfg.score.device), head=calibration.choice().reads_head()),
+        plan.model_config(), calibration, raw, commit, cfg.score.decode_workers, progress)
     return ShardResult(n_scored, quarantine_rows(rejected, raw).to_dict("records"))
 
 
