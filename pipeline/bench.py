@@ -34,7 +34,7 @@ import torch
 from pipeline.baselines import BASELINES, baseline_scores, per_family_baseline_scores
 from pipeline.calibrate import evaluate, roc_auc_ci, score_table
 from pipeline.config import PanelConfig
-from pipeline.defect_head import with_head
+from pipeline.defect_head import WithHead, with_head
 from pipeline.datasets.elpv import elpv_installed, write_elpv
 from pipeline.errors import UserError
 from pipeline.ensemble import train_members
@@ -144,8 +144,10 @@ def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset,
                                                            trained.classifier.names)
     results = trained.results.values()
     seconds, epochs = sum(r.seconds for r in results), max(max(1, len(r.history)) for r in results)
+    # Scored as nightly scoring scores it: without the defect head when the chosen score does not read it.
+    scoring_model = model if choice.reads_head() or not isinstance(model, WithHead) else model.model
     return metrics, {"train_seconds": seconds + head_seconds, "seconds_per_epoch": seconds / epochs,  # all families
-                     "head_seconds": head_seconds, "epochs": epochs, "model": model}
+                     "head_seconds": head_seconds, "epochs": epochs, "model": scoring_model}
 
 
 def scoring_speed(model: torch.nn.Module, files: list[Path], cfg: PanelConfig) -> dict[str, float]:
