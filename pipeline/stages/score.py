@@ -120,7 +120,7 @@ def score_shard(plan: ScoringPlan, paths: list[str], workdir: Path, cfg: PanelCo
     calibration = Calibration.from_dict(plan.calibration)
     n_scored, rejected = score_files(
         [Path(p) for p in paths],
-        lambda: tracking.load_model(name, version, pick_device(cfg.score.device), head=calibration.choice().reads_head()),
+        lambda: tracking.load_model(name, version, pick_device(cfg.score.device), head=calibration.choice.reads_head()),
         plan.model_config(), calibration, raw, commit, cfg.score.decode_workers, progress)
     return ShardResult(n_scored, quarantine_rows(rejected, raw).to_dict("records"))
 
