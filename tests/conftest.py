@@ -55,7 +55,9 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 def small_config(**train) -> PanelConfig:
     """Fast settings for tests: 64 px crops, a few epochs."""
-    cfg = PanelConfig().replace("ingest", image_size=64).replace("model", latent_dim=16, channels=(16, 32, 32))
+    # a defect head as by default, but a few narrow steps (tests/test_defect_head.py trains a real one)
+    cfg = PanelConfig().replace("ingest", image_size=64).replace("model", latent_dim=16, channels=(16, 32, 32),
+                                                                  head_steps=3, head_width=4)
     # one member (train.members): half the training time; tests/test_ensemble.py trains two
     return cfg.replace("train", **({"epochs": 3, "batch_size": 32, "members": 1} | train))
 

@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from sklearn.metrics import f1_score
+from sklearn.metrics import f1_score, roc_auc_score
 
-from pipeline.calibrate import calibrate_scores, choose_threshold, evaluate, roc_auc_ci, select_score
+from pipeline.calibrate import HEAD_MARGIN, calibrate_scores, choose_threshold, evaluate, roc_auc_ci, select_score
 from pipeline.promotion import gate
 from pipeline.scoring import ScoredBatch
 from pipeline.split_scores import SplitScores, choose_score
@@ -136,3 +136,19 @@ def test_the_pasted_defect_check_never_picks_a_defect_heads_score_but_labelled_v
     few = {name: values[:103] for name, values in scores.items()}
     assert select_score(few, labels[:103], synthetic) == "norm_blur_max"  # 3 labelled defects: the check decides
     assert select_score(scores, labels, synthetic) == "head_blur_max"  # 40: labelled validation decides
+
+
+def test_a_defect_heads_score_is_chosen_only_when_it_wins_validation_by_more_than_the_margin():
+    labels = np.array(["ok"] * 100 + ["crack"] * 40)
+    y = labels != "ok"
+    ranks = np.arange(len(y), dtype=float)  # the clean images first: a perfect score
+    perfect = np.where(y, ranks + 100, ranks)
+    near = perfect.copy()
+    near[100] = 50.0  # one defect among the clean: val ROC-AUC 0.995, within the margin of 1.0
+    head_wins_by_little = {"head_blur_max": perfect, "norm_blur_max": near}
+    assert roc_auc_score(y, perfect) - roc_auc_score(y, near) <= HEAD_MARGIN
+    assert select_score(head_wins_by_little, labels) == "norm_blur_max"  # not worth a member's scoring time
+    far = perfect.copy()
+    far[100:120] = 10.0 + np.arange(20)  # half the defects among the clean: far behind
+    assert select_score({"head_blur_max": perfect, "norm_blur_max": far}, labels) == "head_blur_max"
+    assert select_score({"head_blur_max": perfect}, labels) == "head_blur_max"  # nothing else offered

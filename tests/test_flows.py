@@ -56,7 +56,7 @@ def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys)
                                                      "worst_errors.png", "score_functions.md")}
     table = mlflow.artifacts.load_text(f"runs:/{version.run_id}/calibration/score_functions.md")
     assert f"| {cal.score_label} |" in table and table.count("| yes |") == 1
-    assert len(table.splitlines()) == 2 + len(score_names("convvae")) + bool(cal.family_scores)
+    assert len(table.splitlines()) == 2 + len(score_names("convvae", head=True)) + bool(cal.family_scores)
     assert cal.test["roc_auc_ci_low"] <= cal.test["roc_auc"] <= cal.test["roc_auc_ci_high"]
     assert cal.defect_classifier is not None and 0 <= cal.test["suspected_defect_accuracy"] <= 1
     latent = {a.path for a in client.list_artifacts(version.run_id, "latent")}
