@@ -32,7 +32,7 @@ def test_gpu_bench_runs_a_config_variant_through_the_bench_and_writes_its_tables
 
     monkeypatch.setattr(bench, "elpv_installed", lambda: False)  # the synthetic set alone: seconds
     tiny = {"ingest": {"image_size": 32}, "model": {"latent_dim": 8, "channels": [8, 16, 16], "head_steps": 0},
-            "train": {"epochs": 1, "batch_size": 64}}
+            "train": {"epochs": 1, "batch_size": 64, "members": 1}}  # one member: the variant plumbing is under test
     head = tiny | {"model": tiny["model"] | {"head_steps": 2, "head_width": 4}}
     gpu_bench.main(["--variant", f"head={json.dumps(head)}", "--train-seeds", "0,1", "--out", str(tmp_path)])
     out = capsys.readouterr().out
