@@ -88,7 +88,7 @@ class ModelConfig:
     # pasted synthetic defects after the model; 0 steps: none. On by default since session 24: offered
     # as candidate scores on nine set-splits (session 23, benchmarks/HISTORY.md) it raised the
     # out-of-fold val mean 0.9036 -> 0.9058, meeting a rule written beforehand; validation picks it
-    # only where it wins, and scoring drops it where it is not picked (exported.without_head).
+    # only where it wins by more than calibrate.HEAD_MARGIN, and scoring drops it where it is not picked (exported.without_head).
     head_steps: int = option(600, "defect-head training steps after the model (0: no head)")
     head_width: int = 16  # channels of the head's first stage (doubling per stage)
     head_lr: float = 3e-3  # on a toy surface, 400 steps: pasted-defect AUC .75 at 3e-3 vs .57 at 1e-3
