@@ -178,9 +178,32 @@ def _quiet_console() -> None:
             handler.addFilter(_UserErrorsInOneLine())
 
 
+# The folders and files a command reads, and what each is called in its error.
+_INPUT_FOLDERS = {"raw": "raw folder", "inbox": "inbox folder"}
+_INPUT_FILES = {"labels": "labels file"}
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """The folders and files named on the command line exist. Checked before any flow runs: Prefect
+    starts a temporary server first, which took half a minute on a busy box, so a typo in a path
+    would otherwise cost that wait before its one-line error. (The flows check again: they are run
+    by deployments too.)"""
+    folders = {**_INPUT_FOLDERS} if args.command == "nightly" else {"raw": _INPUT_FOLDERS["raw"]}
+    for name, what in folders.items():
+        value = getattr(args, name, None)
+        if value is not None and not Path(value).is_dir():
+            raise UserError(f"{value}: {what} does not exist")
+    for name, what in _INPUT_FILES.items():
+        value = getattr(args, name, None)
+        if value is not None and not Path(value).is_file():
+            raise UserError(f"{value}: {what} does not exist")
+
+
 def run(args: argparse.Namespace) -> str:
     """Run the flow for args.command; returns the line to print."""
-    from flows import stages as f  # Prefect import is slow: only after argument parsing
+    cfg = build_config(args) if args.command not in ("synth", "elpv") else None
+    check_inputs(args)
+    from flows import stages as f  # Prefect import is slow: only after the arguments are checked
 
     _quiet_console()
 
@@ -189,7 +212,7 @@ def run(args: argparse.Namespace) -> str:
     if args.command == "elpv":
         counts = f.elpv_flow(args.out, args.type)
         return f"ELPV written to {args.out} ({counts}); labels: {args.out}/labels.csv"
-    cfg = build_config(args)
+    assert cfg is not None
     config = cfg.to_dict()
     if args.command == "ingest":
         r = f.ingest_flow(args.raw, args.workdir, args.labels, config)

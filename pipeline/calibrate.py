@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy.stats import mannwhitneyu
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from pipeline.drift import reference_quantiles
@@ -105,15 +106,25 @@ BOOTSTRAP_ROUNDS = 1000
 CI_LEVEL = 0.95
 
 
-def bootstrap_indices(y: np.ndarray, rounds: int, seed: int) -> list[np.ndarray]:
-    """Resamples of the images, stratified (clean and defect resampled separately) so every
-    resample has both classes and an AUC."""
+def bootstrap_indices(y: np.ndarray, rounds: int, seed: int) -> np.ndarray:
+    """(rounds, n) resamples of the images, one per row, stratified (clean and defect resampled
+    separately, clean first) so every resample has both classes and an AUC."""
     rng = np.random.default_rng(seed)
     clean, defect = np.flatnonzero(~y), np.flatnonzero(y)
-    return [np.concatenate([rng.choice(clean, clean.size), rng.choice(defect, defect.size)]) for _ in range(rounds)]
+    return np.concatenate([rng.choice(clean, (rounds, clean.size)), rng.choice(defect, (rounds, defect.size))], axis=1)
 
 
-def interval(values: list[float], level: float) -> tuple[float, float]:
+def resampled_roc_aucs(scores: np.ndarray, y: np.ndarray, resamples: np.ndarray) -> np.ndarray:
+    """The ROC-AUC of every resample (a row of bootstrap_indices) at once: the Mann-Whitney U of
+    defect over clean scores divided by the pairs is the ROC-AUC, ties counted half, as
+    roc_auc_score has it; 1,000 roc_auc_score calls took 7 s of a bench set's 50 s on 2 cores."""
+    n_clean = int((~y).sum())
+    values = np.asarray(scores, dtype=float)[resamples]
+    u = mannwhitneyu(values[:, n_clean:], values[:, :n_clean], axis=1, method="asymptotic").statistic
+    return u / (n_clean * (resamples.shape[1] - n_clean))
+
+
+def interval(values: np.ndarray, level: float) -> tuple[float, float]:
     tail = (1 - level) / 2 * 100
     return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
 
@@ -121,10 +132,10 @@ def interval(values: list[float], level: float) -> tuple[float, float]:
 def roc_auc_ci(scores: np.ndarray, labels: np.ndarray, rounds: int = BOOTSTRAP_ROUNDS, level: float = CI_LEVEL,
                seed: int = 0) -> tuple[float, float]:
     """Stratified bootstrap confidence interval of the ROC-AUC (NaNs without both classes)."""
-    scores, y = np.asarray(scores, dtype=float), defect_targets(labels)
+    y = defect_targets(labels)
     if y.all() or not y.any():
         return float("nan"), float("nan")
-    return interval([roc_auc_score(y[i], scores[i]) for i in bootstrap_indices(y, rounds, seed)], level)
+    return interval(resampled_roc_aucs(scores, y, bootstrap_indices(y, rounds, seed)), level)
 
 
 MIN_LABELLED_DEFECTS = 10  # fewer labelled val defects: the self-supervised check chooses the score

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from pipeline.calibrate import BOOTSTRAP_ROUNDS, CI_LEVEL, Calibration, bootstrap_indices, defect_targets, interval
+from pipeline.calibrate import (
+    BOOTSTRAP_ROUNDS,
+    CI_LEVEL,
+    Calibration,
+    bootstrap_indices,
+    defect_targets,
+    interval,
+    resampled_roc_aucs,
+)
 from pipeline.errors import UserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -42,9 +50,9 @@ def gate(new_scores: np.ndarray, old_scores: np.ndarray, labels: np.ndarray, rou
     if y.all() or not y.any():
         raise UserError("the promotion gate needs clean and defect test images")
     new_auc, old_auc = roc_auc_score(y, new_scores), roc_auc_score(y, old_scores)
-    diffs = [roc_auc_score(y[i], new_scores[i]) - roc_auc_score(y[i], old_scores[i])
-             for i in bootstrap_indices(y, rounds, seed)]
-    low, high = interval(diffs, level)
+    resamples = bootstrap_indices(y, rounds, seed)
+    low, high = interval(resampled_roc_aucs(new_scores, y, resamples) - resampled_roc_aucs(old_scores, y, resamples),
+                         level)
     return GateDecision(bool(high >= 0), float(new_auc), float(old_auc), low, high)
 
 

@@ -87,12 +87,34 @@ def test_accepted_kinds_decode_to_the_camera_pixels():
 
 
 def test_user_errors_reach_the_console_as_one_line_without_traceback(tmp_path: Path):
-    run = _cli("ingest", "--raw", str(tmp_path / "gone"), "--workdir", str(tmp_path / "work"), cwd=tmp_path)
+    """A mistake found inside a flow (Prefect running): one line, no traceback, no retries."""
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "labels.csv").write_text("file,class\na.png,ok\n")
+    run = _cli("ingest", "--raw", str(tmp_path / "raw"), "--labels", str(tmp_path / "labels.csv"),
+               "--workdir", str(tmp_path / "work"), cwd=tmp_path)
     console = run.stdout + run.stderr
     assert run.returncode == 2
     assert "Traceback" not in console and "| ERROR" not in console and "Retries" not in console
     errors = [line for line in console.splitlines() if "error" in line.lower()]
-    assert errors == [f"panelscan ingest: error: {tmp_path / 'gone'}: raw folder does not exist"]
+    assert errors == [f"panelscan ingest: error: {tmp_path / 'labels.csv'}: labels file lacks column(s) "
+                      "['label', 'path'] (it has ['file', 'class']); expected a header path,label[,panel_id]"], errors
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["ingest", "--raw", "{tmp}/gone"], "{tmp}/gone: raw folder does not exist"),
+    (["pipeline", "--raw", "{tmp}", "--labels", "{tmp}/labels.csv"], "{tmp}/labels.csv: labels file does not exist"),
+    (["nightly", "--inbox", "{tmp}/inbox"], "{tmp}/inbox: inbox folder does not exist")])
+def test_a_path_that_does_not_exist_is_an_error_before_any_flow_runs(tmp_path: Path, monkeypatch, capsys,
+                                                                      argv: list[str], message: str):
+    """No wait for Prefect's temporary server to learn of a typo: no flow is started at all."""
+    from flows import cli, stages
+
+    def no_flow(*args, **kwargs):
+        raise AssertionError("a flow ran")
+    for name in ("ingest_flow", "pipeline_flow", "nightly_flow"):
+        monkeypatch.setattr(stages, name, no_flow)
+    assert cli.main([a.format(tmp=tmp_path) for a in argv]) == 2
+    assert capsys.readouterr().err.strip() == f"panelscan {argv[0]}: error: {message.format(tmp=tmp_path)}"
 
 
 def test_a_conflicting_or_broken_row_is_one_warning_and_the_run_goes_on(tmp_path: Path):

@@ -4,7 +4,16 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
-from pipeline.calibrate import HEAD_MARGIN, calibrate_scores, choose_threshold, evaluate, roc_auc_ci, select_score
+from pipeline.calibrate import (
+    HEAD_MARGIN,
+    bootstrap_indices,
+    calibrate_scores,
+    choose_threshold,
+    evaluate,
+    resampled_roc_aucs,
+    roc_auc_ci,
+    select_score,
+)
 from pipeline.promotion import gate
 from pipeline.scoring import ScoredBatch
 from pipeline.split_scores import SplitScores, choose_score
@@ -101,6 +110,16 @@ def test_roc_auc_ci_brackets_the_auc_and_narrows_with_more_images():
     low, high = roc_auc_ci(big_new, big_labels)
     small_low, small_high = roc_auc_ci(small_new, small_labels)
     assert low < auc < high and (high - low) < (small_high - small_low)
+
+
+def test_every_bootstrap_resample_has_the_roc_auc_sklearn_gives_it_ties_included():
+    rng = np.random.default_rng(3)
+    y = np.array([False] * 40 + [True] * 15)
+    scores = np.round(rng.normal(0, 1, len(y)) + y, 1)  # rounded: many ties, within and across classes
+    resamples = bootstrap_indices(y, 50, seed=1)
+    assert all(y[row].sum() == y.sum() for row in resamples)  # stratified: every resample has both classes
+    expected = [roc_auc_score(y[row], scores[row]) for row in resamples]
+    np.testing.assert_allclose(resampled_roc_aucs(scores, y, resamples), expected, rtol=0, atol=1e-12)
 
 
 def test_gate_keeps_the_champion_when_the_challenger_is_worse_and_promotes_when_better():
