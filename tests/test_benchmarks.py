@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 
@@ -24,21 +25,24 @@ def test_gpu_benchmark_cpu_mode_measures_both_models_and_agrees_with_the_eager_m
     assert result["table"].count("\n") == 3 and "| cpu | convvae | 48 |" in result["table"]
 
 
-def test_gpu_bench_runs_a_config_variant_through_the_bench_and_writes_its_tables(tmp_path: Path, monkeypatch,
+def test_gpu_bench_runs_a_config_variant_through_the_bench_and_writes_its_tables(synth_raw: Path, tmp_path: Path,
                                                                              capsys) -> None:
-    """The GPU box's quality bench (no MLflow, no Prefect there): a config variant through the bench."""
+    """The GPU box's quality bench (no MLflow, no Prefect there): a config variant through the bench,
+    on a folder of sets as ../shared/datasets (the session's 120 frames, not the 600-frame synthetic set)."""
     import benchmarks.gpu_bench as gpu_bench
-    from pipeline import bench
 
-    monkeypatch.setattr(bench, "elpv_installed", lambda: False)  # the synthetic set alone: seconds
+    shutil.copytree(synth_raw, tmp_path / "sets" / "tiny")
     tiny = {"ingest": {"image_size": 32}, "model": {"latent_dim": 8, "channels": [8, 16, 16], "head_steps": 0},
             "train": {"epochs": 1, "batch_size": 64, "members": 1}}  # one member: the variant plumbing is under test
     head = tiny | {"model": tiny["model"] | {"head_steps": 2, "head_width": 4}}
-    gpu_bench.main(["--variant", f"head={json.dumps(head)}", "--train-seeds", "0,1", "--out", str(tmp_path)])
+    gpu_bench.main(["--variant", f"head={json.dumps(head)}", "--train-seeds", "0,1", "--datasets", str(tmp_path / "sets"),
+                    "--sets", "tiny", "--out", str(tmp_path / "out")])
     out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if line.startswith("head synthetic: ")]
+    lines = [line for line in out.splitlines() if line.startswith("head tiny: ")]
     assert len(lines) == 1 and " val " in lines[0] and " test " in lines[0] and "best head head_" in lines[0]
     assert "Over split seeds 0 × training seeds 0, 1 (" in out  # the mean over both trainings, on stdout too
-    result = json.loads((tmp_path / "bench-head.json").read_text())
-    assert list(result["datasets"]) == ["synthetic"] and result["config"]["ingest"]["train_frac"] == 0.7
-    assert result["config"]["model"]["head_steps"] == 2 and "panelscan_convvae" in (tmp_path / "bench-head.md").read_text()
+    result = json.loads((tmp_path / "out" / "bench-head.json").read_text())
+    assert list(result["datasets"]) == ["tiny"] and result["config"]["ingest"]["train_frac"] == 0.7
+    assert not (tmp_path / "out" / "synth-600").exists()  # --sets: the synthetic set was not generated
+    assert result["config"]["model"]["head_steps"] == 2
+    assert "panelscan_convvae" in (tmp_path / "out" / "bench-head.md").read_text()
