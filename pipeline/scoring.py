@@ -146,7 +146,9 @@ def _score_blur(maps: torch.Tensor, shown: torch.Tensor | None, cfg: ScoreConfig
 
 
 def _member_max(maps: torch.Tensor) -> torch.Tensor:
-    """(B, members, S, S) maps -> (B,): each member's largest value, averaged over the members."""
+    """(B, members, S, S) maps -> (B,): each member's largest value, averaged over the members.
+    Not the peak of the members' mean map: on five set-splits (session 27, benchmarks/HISTORY.md)
+    that was level on val overall and lower on both ELPV splits."""
     return maps.flatten(2).amax(dim=2).mean(dim=1)
 
 
