@@ -19,9 +19,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from pipeline.config import PanelConfig
+from pipeline.device import pick_device
 from pipeline.images import to_float
 from pipeline.models import ModelOutput
-from pipeline.scoring import model_device
 from pipeline.selfcheck import paste_defects
 
 
@@ -77,10 +77,12 @@ StepCallback = Callable[[int, dict[str, float]], None]
 def train_head(model: nn.Module, train_x: torch.Tensor, cfg: PanelConfig, progress: bool = True,
                on_step: StepCallback | None = None, log_every: int = 100) -> tuple[WithHead, float]:
     """Fit a defect head on clean uint8 training crops for cfg.model.head_steps steps; the model
-    stays frozen (eval mode). Returns the model with its head (eval, on CPU) and the seconds taken."""
+    stays frozen (eval mode). Returns the model with its head (eval, on CPU) and the seconds taken.
+    Trains where the model trained (cfg.train.device): training hands the model back on the CPU,
+    and a head left there on a GPU worker ran at CPU speed."""
     mc, tc = cfg.model, cfg.train
-    device = model_device(model)
-    model = model.eval()
+    device = pick_device(tc.device)
+    model = model.to(device).eval()
     head = DefectHead(mc.head_width).to(device)
     optimizer = torch.optim.Adam(head.parameters(), lr=mc.head_lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=mc.head_steps)
