@@ -89,6 +89,17 @@ def test_resume_refuses_a_checkpoint_from_other_settings_and_starts_fresh_withou
         train_model(data[:64], data[64:], small_config(epochs=1), progress=False, checkpoint=Checkpointing(path, resume=True))
 
 
+def test_a_retrain_with_the_same_seed_gives_the_same_weights_and_another_seed_does_not():
+    """An analyst re-running a training (or the bench) on one machine gets the very same model:
+    bitwise, whatever the thread count; only train.seed changes it."""
+    data = _clean_panels(80)
+    first = train_model(data[:64], data[64:], small_config(epochs=2), progress=False).model.state_dict()
+    again = train_model(data[:64], data[64:], small_config(epochs=2, num_threads=1), progress=False).model.state_dict()
+    other = train_model(data[:64], data[64:], small_config(epochs=2, seed=1), progress=False).model.state_dict()
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not all(torch.equal(first[k], other[k]) for k in first)
+
+
 def test_train_steps_count_the_optimizer_steps_analysts_see_per_epoch(monkeypatch):
     """24 crops at batch 16: 2 optimizer steps an epoch, logged as train/steps 2, 4."""
     steps = []
