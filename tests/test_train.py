@@ -94,7 +94,11 @@ def test_a_retrain_with_the_same_seed_gives_the_same_weights_and_another_seed_do
     bitwise, whatever the thread count; only train.seed changes it."""
     data = _clean_panels(80)
     first = train_model(data[:64], data[64:], small_config(epochs=2), progress=False).model.state_dict()
-    again = train_model(data[:64], data[64:], small_config(epochs=2, num_threads=1), progress=False).model.state_dict()
+    threads = torch.get_num_threads()
+    try:
+        again = train_model(data[:64], data[64:], small_config(epochs=2, num_threads=1), progress=False).model.state_dict()
+    finally:
+        torch.set_num_threads(threads)  # train.num_threads sets the process's count; the suite keeps its own
     other = train_model(data[:64], data[64:], small_config(epochs=2, seed=1), progress=False).model.state_dict()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
