@@ -110,8 +110,11 @@ class TrainConfig:
     # "synthetic", the best self-supervised check (defects pasted on clean val crops,
     # pipeline/selfcheck.py). Chosen on KolektorSDD validation (bench split, tiled): recon 0.880,
     # synthetic 0.868; the pasted defects scored only 0.57-0.64 there, they do not yet track real ones.
-    select_by: Literal["synthetic", "recon"] = option("recon", "which epoch to keep: lowest clean val loss, or best "
-                                                      "at finding defects pasted on clean val crops")
+    # "last" (the whole schedule's final weights): split 1 of the real sets, val mean -0.002 (PIPED
+    # 0.994 -> 0.985; session 29, benchmarks/HISTORY.md), so an option, not the default.
+    select_by: Literal["last", "recon", "synthetic"] = option(
+        "recon", "which epoch to keep: the last (whole schedule), lowest clean val loss, or best at finding defects "
+        "pasted on clean val crops")
     patience: int = 8  # early stop after this many epochs without a better selection figure ...
     min_epochs: int = 20  # ... but never before this: early val figures are too noisy to judge (BatchNorm lag)
     min_delta: float = 1e-4  # relative improvement that counts as better

@@ -180,10 +180,10 @@ def _selection(cfg: PanelConfig, train_x: torch.Tensor, val_x: torch.Tensor,
     """What model selection measures after each epoch besides the val loss. select_by="synthetic":
     the self-supervised check (pipeline/selfcheck.py) on the clean val crops, its best candidate
     score's ROC-AUC, with the clean error reference refitted first (the normalised scores need it)."""
-    if cfg.train.select_by == "recon":
+    if cfg.train.select_by in ("last", "recon"):
         return lambda model: {}
     if cfg.train.select_by != "synthetic":
-        raise UserError(f"unknown select_by {cfg.train.select_by!r} (synthetic or recon)")
+        raise UserError(f"unknown select_by {cfg.train.select_by!r} (last, recon or synthetic)")
 
     pasted = pasted_copies(val_x, cfg.train.seed)
 
@@ -262,7 +262,8 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
             metrics["active_units"] = val_m["active_units"]  # the headline name analysts know
         result.history.append({"epoch": epoch, **metrics})
         criterion = 1 - metrics["val/synthetic_auc"] if tc.select_by == "synthetic" else metrics["val/recon"]
-        if criterion < best * (1 - tc.min_delta):
+        # "last" keeps every epoch as it comes: the whole schedule, no early stop
+        if tc.select_by == "last" or criterion < best * (1 - tc.min_delta):
             best, best_state, result.best_epoch, stale = criterion, copy.deepcopy(model.state_dict()), epoch, 0
         else:
             stale += 1

@@ -76,3 +76,30 @@ def test_training_keeps_the_epoch_best_at_finding_pasted_defects(monkeypatch):
     assert result.best_epoch == 2 and torch.equal(result.model.encoder[0][0].weight, weights[1])
     recon = train_model(data[:64], data[64:], small_config(epochs=4, min_epochs=4, select_by="recon"), progress=False)
     assert recon.best_epoch == 4 and "val/synthetic_auc" not in recon.history[0]
+
+
+def test_select_by_last_runs_the_whole_schedule_and_keeps_the_last_epoch(monkeypatch):
+    """Clean val reconstruction that gets worse every epoch stops a recon-selected training early
+    at its first epoch; select_by="last" trains every epoch and keeps the final weights."""
+    import pipeline.train as train_module
+
+    passes, weights = iter(range(1, 100)), []
+    real_pass = train_module._epoch_pass
+
+    def worsening_val(model, loader, n, cfg, beta, device, optimizer, *args):
+        metrics = real_pass(model, loader, n, cfg, beta, device, optimizer, *args)
+        if optimizer is None:  # the val pass: each epoch reconstructs clean val worse than the last
+            weights.append(copy.deepcopy(model.encoder[0][0].weight.detach()))
+            metrics["recon"] = float(next(passes))
+        return metrics
+
+    monkeypatch.setattr(train_module, "_epoch_pass", worsening_val)
+    data = _clean_panels(96)
+    recon = train_model(data[:64], data[64:], small_config(epochs=4, min_epochs=1, patience=1, select_by="recon"),
+                        progress=False)
+    assert len(recon.history) == 2 and recon.best_epoch == 1 and recon.stopped_early
+    weights.clear()
+    last = train_model(data[:64], data[64:], small_config(epochs=4, min_epochs=1, patience=1, select_by="last"),
+                       progress=False)
+    assert len(last.history) == 4 and last.best_epoch == 4 and not last.stopped_early
+    assert torch.equal(last.model.encoder[0][0].weight, weights[-1])
