@@ -90,15 +90,12 @@ def test_resume_refuses_a_checkpoint_from_other_settings_and_starts_fresh_withou
 
 
 def test_a_retrain_with_the_same_seed_gives_the_same_weights_and_another_seed_does_not():
-    """An analyst re-running a training (or the bench) on one machine gets the very same model:
-    bitwise, whatever the thread count; only train.seed changes it."""
+    """An analyst re-running a training (or the bench) on one machine with the same thread count
+    gets the very same model, bitwise; train.seed changes it. (Another thread count may not: on an
+    Intel Xeon host 1 thread against 2 gave other weights; on an AMD EPYC host they were equal.)"""
     data = _clean_panels(80)
     first = train_model(data[:64], data[64:], small_config(epochs=2), progress=False).model.state_dict()
-    threads = torch.get_num_threads()
-    try:
-        again = train_model(data[:64], data[64:], small_config(epochs=2, num_threads=1), progress=False).model.state_dict()
-    finally:
-        torch.set_num_threads(threads)  # train.num_threads sets the process's count; the suite keeps its own
+    again = train_model(data[:64], data[64:], small_config(epochs=2), progress=False).model.state_dict()
     other = train_model(data[:64], data[64:], small_config(epochs=2, seed=1), progress=False).model.state_dict()
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not all(torch.equal(first[k], other[k]) for k in first)
