@@ -111,7 +111,8 @@ class TrainConfig:
     # pipeline/selfcheck.py). Chosen on KolektorSDD validation (bench split, tiled): recon 0.880,
     # synthetic 0.868; the pasted defects scored only 0.57-0.64 there, they do not yet track real ones.
     # "last" (the whole schedule's final weights): split 1 of the real sets, val mean -0.002 (PIPED
-    # 0.994 -> 0.985; session 29, benchmarks/HISTORY.md), so an option, not the default.
+    # 0.994 -> 0.985; session 29, benchmarks/HISTORY.md), so an option, not the default. Per-family
+    # models keep their last epoch under "recon" (pipeline/families.py; sessions 30-31).
     select_by: Literal["last", "recon", "synthetic"] = option(
         "recon", "which epoch to keep: the last (whole schedule), lowest clean val loss, or best at finding defects "
         "pasted on clean val crops")

@@ -139,12 +139,16 @@ def train_models(train: torch.Tensor, train_families: np.ndarray, val: torch.Ten
     """One shared model, or (training_families says so) one per family plus the router.
     fit_one(family, clean train crops, clean val crops, config) trains one model. Family models
     run the whole schedule: with a family's smaller set, early stopping on its val recon ended
-    the ELPV poly model at epoch 20, where its test ROC-AUC was 0.45; at 40 epochs, 0.81."""
+    the ELPV poly model at epoch 20, where its test ROC-AUC was 0.45; at 40 epochs, 0.81. Under
+    the default select_by="recon" they keep the last epoch's weights: the lowest val recon still
+    picked poly epoch 24 of 40, and the last weights scored better on ELPV validation (README, how
+    each default was chosen)."""
     names = training_families(pd.Series(train_families, dtype=str), pd.Series(val_families, dtype=str))
     if not names:
         result = fit_one("", train, val, cfg)
         return Trained(result.model, {"": result}, None)
-    family_cfg = cfg.replace("train", min_epochs=cfg.train.epochs)
+    select_by = "last" if cfg.train.select_by == "recon" else cfg.train.select_by
+    family_cfg = cfg.replace("train", min_epochs=cfg.train.epochs, select_by=select_by)
     results = {name: fit_one(name, train[torch.from_numpy(train_families == name)],
                              val[torch.from_numpy(val_families == name)], family_cfg) for name in names}
     classifier = fit_family_classifier(train, train_families, val, val_families, names)

@@ -29,16 +29,18 @@ from pipeline.models.blocks import BANK_FAR, CodeProjection
 # region's missing brightness adds up while speckle of either sign cancels (EL and backlit panel
 # images show defects dark). Validation decides whether they beat the unsigned ones.
 MAP_SCORES = ("mse", "topk_mean", "blur_max", "norm_blur_max", "dark_blur_max", "dark_area_max")
-# Two complementary views, each in units of its family's clean median: a dark area (missing
-# brightness) and error beyond what clean panels show at that pixel. On ELPV validation their
-# mean beat either alone (per-family models: .845 vs .840 / .796).
-COMBINED, COMBINED_PARTS = "dark_norm_mean", ("dark_area_max", "norm_blur_max")
-
-
 # From the model's latent code: its distance to the nearest clean training code (each
 # family's model keeps its own bank). It sees what is unlike every clean panel as a whole even
 # where clean pixel error is high all over (ELPV's poly cells).
 LATENT_KNN = "latent_knn"
+
+# Combined candidates: the mean of two complementary views, each in units of its family's clean
+# median. A dark area (missing brightness) with error beyond what clean panels show at that pixel:
+# on ELPV validation their mean beat either alone (per-family models: .845 vs .840 / .796). A dark
+# area with the latent distance to clean codes: what grainy poly cells pick (README, how each
+# default was chosen).
+COMBINED: dict[str, tuple[str, str]] = {"dark_norm_mean": ("dark_area_max", "norm_blur_max"),
+                                        "dark_knn_mean": ("dark_area_max", LATENT_KNN)}
 
 # From a defect head's map (pipeline/defect_head.py): its peak after a small and a wide blur.
 HEAD_SCORES = ("head_blur_max", "head_area_max")
@@ -46,8 +48,8 @@ HEAD_SCORES = ("head_blur_max", "head_area_max")
 
 def score_names(model_type: str, head: bool = False) -> tuple[str, ...]:
     """Candidate scores for a model type: the error-map scores, its latent score, the latent
-    code's distance to clean codes, the defect head's scores when it has one, and the combined one."""
-    return (*MAP_SCORES, latent_score_name(model_type), LATENT_KNN, *(HEAD_SCORES if head else ()), COMBINED)
+    code's distance to clean codes, the defect head's scores when it has one, and the combined ones."""
+    return (*MAP_SCORES, latent_score_name(model_type), LATENT_KNN, *(HEAD_SCORES if head else ()), *COMBINED)
 
 
 @dataclass
@@ -207,7 +209,7 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
         parts.append(score_maps(x, out, cfg, model_cfg, keep_heatmaps))
     if not parts:
         size = crops.shape[-1] if crops.ndim == 4 else 0
-        names = [n for n in score_names(model_cfg.model_type, model_cfg.head_steps > 0) if n != COMBINED]
+        names = [n for n in score_names(model_cfg.model_type, model_cfg.head_steps > 0) if n not in COMBINED]
         return ScoredBatch({name: np.zeros(0) for name in names}, torch.zeros(0, size, size), np.zeros(0, dtype=int))
     return ScoredBatch({name: np.concatenate([p.scores[name] for p in parts]) for name in parts[0].scores},
                        torch.cat([p.heatmaps for p in parts]), np.concatenate([p.family for p in parts]),
@@ -231,12 +233,15 @@ def fit_score_scale(scores: dict[str, np.ndarray], family: np.ndarray, clean: np
 
 def scaled_scores(scores: dict[str, np.ndarray], family: np.ndarray,
                   scale: dict[str, list[float]]) -> dict[str, np.ndarray]:
-    """Every raw score over its family's clean median, plus the combined score: the candidates
-    calibration chooses from. Without a scale (calibrations before families), the raw scores."""
+    """Every raw score over its family's clean median, plus the combined scores whose parts are
+    there: the candidates calibration chooses from. Without a scale (calibrations before
+    families), the raw scores."""
     if not scale:
         return dict(scores)
     out = {name: values / np.asarray(scale[name])[family] for name, values in scores.items()}
-    out[COMBINED] = np.mean([out[part] for part in COMBINED_PARTS], axis=0)
+    for name, parts in COMBINED.items():
+        if all(part in out for part in parts):
+            out[name] = np.mean([out[part] for part in parts], axis=0)
     return out
 
 

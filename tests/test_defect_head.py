@@ -11,7 +11,7 @@ import torch
 from pipeline import tracking
 from pipeline.defect_head import WithHead, focal_loss, train_head
 from pipeline.models import ModelOutput
-from pipeline.scoring import HEAD_SCORES, score_crops, score_names
+from pipeline.scoring import COMBINED, HEAD_SCORES, score_crops, score_names
 from pipeline.selfcheck import pasted_copies, synthetic_check
 from pipeline.train import train_model
 from tests.conftest import small_config
@@ -57,7 +57,7 @@ def test_a_model_with_a_head_scores_the_same_from_the_registry(headed):
         version = tracking.log_model(model, held_out[:2].float() / 255, cfg)
     loaded = tracking.load_model(cfg.tracking.model_name, version)
     before, after = score_crops(model, held_out, cfg.score, cfg.model), score_crops(loaded, held_out, cfg.score, cfg.model)
-    assert set(before.scores) == set(score_names("convvae", head=True)) - {"dark_norm_mean"}
+    assert set(before.scores) == set(score_names("convvae", head=True)) - set(COMBINED)
     for name in before.scores:
         assert after.scores[name] == pytest.approx(before.scores[name], rel=1e-4, abs=1e-6), name
     assert torch.allclose(after.heatmaps, before.heatmaps, atol=1e-5)

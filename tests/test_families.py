@@ -13,9 +13,10 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from pipeline.config import ModelConfig
-from pipeline.families import FamilyModels, fit_family_classifier, training_families
+from pipeline.families import FamilyModels, fit_family_classifier, train_models, training_families
 from pipeline.models import build_model
 from pipeline.scoring import COMBINED, fit_latent_bank, fit_score_scale, scaled_scores
+from pipeline.train import train_model
 from tests.conftest import small_config
 
 
@@ -64,18 +65,54 @@ def test_classifier_learns_families_and_the_router_uses_each_familys_model():
     assert torch.equal(exported(x[:3])[3], family[:3])  # routing survives the pt2 export, any batch size
 
 
+def test_family_models_run_the_whole_schedule_and_keep_the_last_epoch(monkeypatch):
+    """Clean val reconstruction that worsens every epoch stops one shared model at its first
+    epoch; a family's model (default settings) trains every epoch and keeps the final weights."""
+    import pipeline.train as train_module
+
+    real_pass, passes = train_module._epoch_pass, iter(range(1, 1000))
+
+    def worsening_val(model, loader, n, cfg, beta, device, optimizer, *args):
+        metrics = real_pass(model, loader, n, cfg, beta, device, optimizer, *args)
+        if optimizer is None:
+            metrics["recon"] = float(next(passes))
+        return metrics
+
+    monkeypatch.setattr(train_module, "_epoch_pass", worsening_val)
+    cfg = small_config(epochs=3, min_epochs=1, patience=1).replace("ingest", image_size=32)
+    assert cfg.train.select_by == "recon"  # the default
+    train = torch.cat([_crops(32, False, 0), _crops(32, True, 1)])
+    val = torch.cat([_crops(8, False, 2), _crops(8, True, 3)])
+    families = np.array(["mono"] * 32 + ["poly"] * 32), np.array(["mono"] * 8 + ["poly"] * 8)
+
+    def fit_one(name, train_x, val_x, config):
+        return train_model(train_x, val_x, config, progress=False, family=name)
+
+    per_family = train_models(train, families[0], val, families[1], cfg, fit_one)
+    assert set(per_family.results) == {"mono", "poly"}
+    for result in per_family.results.values():
+        assert len(result.history) == 3 and result.best_epoch == 3 and not result.stopped_early
+    shared = train_models(train, np.array([""] * 64), val, np.array([""] * 16), cfg, fit_one)
+    assert shared.results[""].best_epoch == 1 and shared.results[""].stopped_early
+
+
 def test_scores_are_scaled_per_family_so_families_compare():
     """A grainy family's clean crops score 3x a plain one's: raw, its clean crops outrank the plain
     family's defects; scaled by each family's clean median, defects come first in both."""
     family = np.array([0, 0, 0, 1, 1, 1])
     clean = np.array([True, True, False, True, True, False])
     raw = {"dark_area_max": np.array([1.0, 1.0, 2.0, 3.0, 3.0, 6.0]),
-           "norm_blur_max": np.array([2.0, 2.0, 5.0, 4.0, 4.0, 10.0])}
+           "norm_blur_max": np.array([2.0, 2.0, 5.0, 4.0, 4.0, 10.0]),
+           "latent_knn": np.array([0.5, 0.5, 2.0, 1.0, 1.0, 1.0])}
     scale = fit_score_scale(raw, family, clean, 2)
-    assert scale == {"dark_area_max": [1.0, 3.0], "norm_blur_max": [2.0, 4.0]}
+    assert scale == {"dark_area_max": [1.0, 3.0], "norm_blur_max": [2.0, 4.0], "latent_knn": [0.5, 1.0]}
     scaled = scaled_scores(raw, family, scale)
     assert scaled["dark_area_max"].tolist() == [1.0, 1.0, 2.0, 1.0, 1.0, 2.0]
-    assert scaled[COMBINED].tolist() == [1.0, 1.0, 2.25, 1.0, 1.0, 2.25]  # mean of the two scaled parts
+    assert set(COMBINED) == {"dark_norm_mean", "dark_knn_mean"}
+    assert scaled["dark_norm_mean"].tolist() == [1.0, 1.0, 2.25, 1.0, 1.0, 2.25]  # mean of the two scaled parts
+    assert scaled["dark_knn_mean"].tolist() == [1.0, 1.0, 3.0, 1.0, 1.0, 1.5]
+    without_knn = scaled_scores({k: raw[k] for k in ("dark_area_max", "norm_blur_max")}, family, scale)
+    assert "dark_knn_mean" not in without_knn and "dark_norm_mean" in without_knn  # only whole pairs combine
     assert scaled_scores(raw, family, {}) == raw  # calibrations from before families: raw scores
 
 
