@@ -24,7 +24,7 @@ from pipeline.synth import generate
 from pipeline.workspace import WorkDirs
 
 SLOW_INGEST = """
-import sys, time
+import os, sys, time
 from pathlib import Path
 import pipeline.ingest as ingest_module
 from pipeline.config import IngestConfig
@@ -33,6 +33,13 @@ def slow(path, cfg):  # a big night on a slow disk: ingest takes a while
     time.sleep(0.03)
     return real(path, cfg)
 ingest_module.prepare = slow
+# Both start ingesting together: on a busy 2-core machine one import can take longer than the
+# other's whole ingest, and then neither ever meets the lock.
+barrier = Path(sys.argv[3])
+(barrier / str(os.getpid())).touch()
+deadline = time.monotonic() + 120
+while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
+    time.sleep(0.01)
 ingest_module.ingest(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[1]) / "labels.csv",
                      IngestConfig(image_size=32), on_wait=lambda message: print("waited:", message, flush=True))
 """
@@ -70,7 +77,9 @@ def test_two_ingests_of_one_workdir_at_once_lose_nothing(synth_raw: Path, tmp_pa
         for f in part:
             shutil.copy(f, tmp_path / name / f.name)
         labels.loc[[f.name for f in part]].reset_index().to_csv(tmp_path / name / "labels.csv", index=False)
-    runs = _both(SLOW_INGEST, [str(tmp_path / "a"), str(tmp_path / "work")], [str(tmp_path / "b"), str(tmp_path / "work")])
+    (tmp_path / "barrier").mkdir()
+    runs = _both(SLOW_INGEST, *[[str(tmp_path / name), str(tmp_path / "work"), str(tmp_path / "barrier")]
+                                for name in ("a", "b")])
     assert [r.returncode for r in runs] == [0, 0], [r.stderr[-2000:] for r in runs]
     assert sum("waited:" in r.stdout and "in use by panelscan ingest" in r.stdout for r in runs) == 1
     manifest = pd.read_csv(WorkDirs(tmp_path / "work").manifest, dtype=str, keep_default_na=False)
