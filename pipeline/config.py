@@ -151,6 +151,11 @@ class ScoreConfig:
     # dark_area_max: a wider blur (pixels on the model-size crop) for dark areas: on ELPV validation
     # sigma 2 / 4 / 8 / 12 gave ROC-AUC .762 / .793 / .806 / .812 (flat from 8 on)
     area_sigma: float = 8.0
+    # dark_norm_area_max: the signed residual over the clean per-pixel RMS error (its floor
+    # dark_norm_eps of the mean), blurred by dark_norm_sigma. Picked on ELPV split 0's validation
+    # among eps 0.1 / 0.5 x sigma 2 / 4 / 8 (out-of-fold ROC-AUC of the score choice); README.
+    dark_norm_sigma: float = 4.0
+    dark_norm_eps: float = 0.1
     topk_frac: float = 0.01  # top 1% of pixels for topk_mean
     norm_eps: float = 0.5  # norm_blur_max divides by (clean error + norm_eps * its mean)
     batch_size: int = 64  # crops per forward pass

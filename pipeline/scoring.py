@@ -28,7 +28,10 @@ from pipeline.models.blocks import BANK_FAR, CodeProjection
 # reconstruction an area is, averaged over a blur before the max, so a crack's or an inactive
 # region's missing brightness adds up while speckle of either sign cancels (EL and backlit panel
 # images show defects dark). Validation decides whether they beat the unsigned ones.
-MAP_SCORES = ("mse", "topk_mean", "blur_max", "norm_blur_max", "dark_blur_max", "dark_area_max")
+# dark_norm_area_max is the same signed residual in units of the clean RMS error at each pixel (a
+# z-score of darkness): busbars and edges that always reconstruct worse count for less.
+MAP_SCORES = ("mse", "topk_mean", "blur_max", "norm_blur_max", "dark_blur_max", "dark_area_max",
+              "dark_norm_area_max")
 # From the model's latent code: its distance to the nearest clean training code (each
 # family's model keeps its own bank). It sees what is unlike every clean panel as a whole even
 # where clean pixel error is high all over (ELPV's poly cells).
@@ -154,6 +157,12 @@ def _member_max(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(2).amax(dim=2).mean(dim=1)
 
 
+def _clean_rms(error_ref: torch.Tensor, eps: float) -> torch.Tensor:
+    """The clean RMS reconstruction error per pixel, floored at eps of its mean (a pixel clean crops
+    happen to reconstruct perfectly must not turn any residual there into a huge z-score)."""
+    return (error_ref + eps * error_ref.mean(dim=(2, 3), keepdim=True)).sqrt()
+
+
 def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: ModelConfig,
                keep_heatmaps: bool = True) -> ScoredBatch:
     """All candidate scores from one batch of inputs and the model's outputs. The heatmap is the
@@ -176,6 +185,8 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
         "norm_blur_max": _member_max(_score_blur(normalised, heat, cfg)),
         "dark_blur_max": _member_max(blur(-residual, cfg.blur_sigma)),
         "dark_area_max": _member_max(blur(-residual, cfg.area_sigma)),
+        "dark_norm_area_max": _member_max(blur(-residual / _clean_rms(out.error_ref, cfg.dark_norm_eps),
+                                               cfg.dark_norm_sigma)),
     }
     kind = model_class(model_cfg.model_type)
     scores[kind.latent_score_name] = kind.latent_score(x, out, model_cfg)
@@ -235,10 +246,11 @@ def scaled_scores(scores: dict[str, np.ndarray], family: np.ndarray,
                   scale: dict[str, list[float]]) -> dict[str, np.ndarray]:
     """Every raw score over its family's clean median, plus the combined scores whose parts are
     there: the candidates calibration chooses from. Without a scale (calibrations before
-    families), the raw scores."""
+    families), the raw scores; a score the scale lacks (added after that calibration, so never its
+    choice) is left out."""
     if not scale:
         return dict(scores)
-    out = {name: values / np.asarray(scale[name])[family] for name, values in scores.items()}
+    out = {name: values / np.asarray(scale[name])[family] for name, values in scores.items() if name in scale}
     for name, parts in COMBINED.items():
         if all(part in out for part in parts):
             out[name] = np.mean([out[part] for part in parts], axis=0)

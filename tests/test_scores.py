@@ -23,7 +23,7 @@ def test_dark_scores_see_a_dark_area_and_ignore_the_same_change_brighter() -> No
     x[2, :, 20:36, 20:36] += 0.2  # the same change, brighter
     s = _scores(x, recon)
     assert s["blur_max"][1] > s["blur_max"][0] and abs(s["blur_max"][1] - s["blur_max"][2]) < 1e-6
-    for name in ("dark_blur_max", "dark_area_max"):
+    for name in ("dark_blur_max", "dark_area_max", "dark_norm_area_max"):
         assert s[name][1] > 0.05 and s[name][2] < 1e-3
         assert abs(s[name][0]) < 1e-6
 
@@ -38,6 +38,32 @@ def test_dark_area_max_lets_speckle_cancel_but_keeps_a_solid_area() -> None:
     x[1, :, 16:48, 16:48] -= 0.1  # a dark area
     s = _scores(x, recon)
     assert s["dark_area_max"][1] > 3 * s["dark_area_max"][0]
+
+
+def test_dark_norm_area_max_discounts_darkness_where_clean_panels_reconstruct_badly() -> None:
+    """The same dark patch scores lower over a busbar-like band that clean crops never reconstruct
+    well (high clean error there) than on plain surface; dark_area_max cannot tell them apart."""
+    recon = torch.full((2, 1, 64, 64), 0.5)
+    ref = torch.full((2, 1, 64, 64), 1e-4)
+    ref[:, :, 8:24, :] = 1e-2  # clean crops always miss this band
+    x = recon.clone()
+    x[0, :, 8:24, 24:40] -= 0.1  # dark patch on the band
+    x[1, :, 40:56, 24:40] -= 0.1  # the same patch on plain surface
+    batch = score_maps(x, ModelOutput(recon, torch.zeros(2), ref, torch.zeros(2, dtype=torch.long)),
+                       ScoreConfig(), ModelConfig())
+    s = batch.scores
+    assert abs(s["dark_area_max"][0] - s["dark_area_max"][1]) < 1e-6
+    assert s["dark_norm_area_max"][1] > 3 * s["dark_norm_area_max"][0]
+
+
+def test_a_calibration_made_before_a_score_existed_still_scales_its_own() -> None:
+    """Nightly scoring with a calibration whose scale predates a candidate: that candidate is
+    left out (it cannot be the calibration's choice), the rest are scaled as before."""
+    from pipeline.scoring import scaled_scores
+
+    raw = {"dark_area_max": np.array([2.0, 4.0]), "dark_norm_area_max": np.array([5.0, 6.0])}
+    scaled = scaled_scores(raw, np.array([0, 1]), {"dark_area_max": [2.0, 2.0]})
+    assert set(scaled) == {"dark_area_max"} and scaled["dark_area_max"].tolist() == [1.0, 2.0]
 
 
 def test_blur_equals_torchvisions_gaussian_blur() -> None:
