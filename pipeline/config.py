@@ -153,7 +153,8 @@ class ScoreConfig:
     area_sigma: float = 8.0
     # dark_norm_area_max: the signed residual over the clean per-pixel RMS error (its floor
     # dark_norm_eps of the mean), blurred by dark_norm_sigma. Picked on ELPV split 0's validation
-    # among eps 0.1 / 0.5 x sigma 2 / 4 / 8 (out-of-fold ROC-AUC of the score choice); README.
+    # among eps 0.1 / 0.5 x sigma 2 / 4 / 8 (out-of-fold ROC-AUC of the score choice), adopted by a
+    # rule on splits 1-4 (README, "How each default was chosen").
     dark_norm_sigma: float = 4.0
     dark_norm_eps: float = 0.1
     topk_frac: float = 0.01  # top 1% of pixels for topk_mean

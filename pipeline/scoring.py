@@ -157,10 +157,10 @@ def _member_max(maps: torch.Tensor) -> torch.Tensor:
     return maps.flatten(2).amax(dim=2).mean(dim=1)
 
 
-def _clean_rms(error_ref: torch.Tensor, eps: float) -> torch.Tensor:
-    """The clean RMS reconstruction error per pixel, floored at eps of its mean (a pixel clean crops
-    happen to reconstruct perfectly must not turn any residual there into a huge z-score)."""
-    return (error_ref + eps * error_ref.mean(dim=(2, 3), keepdim=True)).sqrt()
+def _floored(error_ref: torch.Tensor, eps: float) -> torch.Tensor:
+    """The clean squared error per pixel plus eps of its mean: a pixel clean crops happen to
+    reconstruct perfectly must not turn any error there into a huge ratio."""
+    return error_ref + eps * error_ref.mean(dim=(2, 3), keepdim=True)
 
 
 def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: ModelConfig,
@@ -174,8 +174,7 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     error = residual.pow(2)  # (B, members, S, S)
     flat = error.flatten(2)
     k = max(1, int(round(cfg.topk_frac * flat.shape[2])))
-    ref = out.error_ref + cfg.norm_eps * out.error_ref.mean(dim=(2, 3), keepdim=True)
-    normalised = error / ref
+    normalised = error / _floored(out.error_ref, cfg.norm_eps)
     # the same error as norm_blur_max, smoothed to show areas; not made when no map is kept
     heat = blur(normalised, cfg.heatmap_sigma) if keep_heatmaps else None
     scores = {
@@ -185,7 +184,8 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
         "norm_blur_max": _member_max(_score_blur(normalised, heat, cfg)),
         "dark_blur_max": _member_max(blur(-residual, cfg.blur_sigma)),
         "dark_area_max": _member_max(blur(-residual, cfg.area_sigma)),
-        "dark_norm_area_max": _member_max(blur(-residual / _clean_rms(out.error_ref, cfg.dark_norm_eps),
+        # the residual in units of the clean RMS error at that pixel
+        "dark_norm_area_max": _member_max(blur(-residual / _floored(out.error_ref, cfg.dark_norm_eps).sqrt(),
                                                cfg.dark_norm_sigma)),
     }
     kind = model_class(model_cfg.model_type)
