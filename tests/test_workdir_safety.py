@@ -29,19 +29,28 @@ from pathlib import Path
 import pipeline.ingest as ingest_module
 from pipeline.config import IngestConfig
 real = ingest_module.prepare
-def slow(path, cfg):  # a big night on a slow disk: ingest takes a while
-    time.sleep(0.03)
+barrier = Path(sys.argv[3])
+someone_waited = barrier.parent / "someone-waited"
+def slow(path, cfg):
+    # A big night on a slow disk: whoever holds the lock is still ingesting when the other
+    # arrives. Held until the other says it waits (a deadline, not a sleep: a busy CI machine can
+    # stall one process for longer than the other's whole ingest).
+    deadline = time.monotonic() + 60
+    while not someone_waited.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
     return real(path, cfg)
 ingest_module.prepare = slow
+def on_wait(message):
+    print("waited:", message, flush=True)
+    someone_waited.touch()
 # Both start ingesting together: on a busy 2-core machine one import can take longer than the
-# other's whole ingest, and then neither ever meets the lock.
-barrier = Path(sys.argv[3])
+# other's whole ingest.
 (barrier / str(os.getpid())).touch()
 deadline = time.monotonic() + 120
 while len(list(barrier.iterdir())) < 2 and time.monotonic() < deadline:
     time.sleep(0.01)
 ingest_module.ingest(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[1]) / "labels.csv",
-                     IngestConfig(image_size=32), on_wait=lambda message: print("waited:", message, flush=True))
+                     IngestConfig(image_size=32), on_wait=on_wait)
 """
 
 SLOW_SCORE = """
