@@ -46,7 +46,7 @@ def score_files(paths: list[Path], load_model: Callable[[], nn.Module], model_cf
 
         def score_and_commit(crops: list[Crop]) -> int:
             scored = score_crops(model.result(), torch.stack([c.pixels for c in crops]), model_cfg.score,
-                                 model_cfg.model)
+                                 model_cfg.model, only=calibration.choice.needs())
             rows, heatmaps = report_rows(crops, scored, calibration, raw, model_cfg.score.region_size_frac)
             commit(rows, heatmaps)
             return len(rows)

@@ -147,18 +147,21 @@ def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset,
     # Scored as nightly scoring scores it: without the defect head when the chosen score does not read it.
     scoring_model = model if choice.reads_head() or not isinstance(model, WithHead) else model.model
     return metrics, {"train_seconds": seconds + head_seconds, "seconds_per_epoch": seconds / epochs,  # all families
-                     "head_seconds": head_seconds, "epochs": epochs, "model": scoring_model}
+                     "head_seconds": head_seconds, "epochs": epochs, "model": scoring_model, "needs": choice.needs()}
 
 
-def scoring_speed(model: torch.nn.Module, files: list[Path], cfg: PanelConfig) -> dict[str, float]:
-    """Images/s on the same files: I/O floor (read + decode + crop + resize) vs + model scores."""
+def scoring_speed(model: torch.nn.Module, files: list[Path], cfg: PanelConfig,
+                  only: frozenset[str] | None = None) -> dict[str, float]:
+    """Images/s on the same files: I/O floor (read + decode + crop + resize) vs + model scores
+    (those in `only`, as nightly scoring computes the chosen score's alone; None: every candidate)."""
     start = time.perf_counter()
     crops, _ = prepare_many(files, cfg.ingest)
     floor = len(crops) / (time.perf_counter() - start)
     start = time.perf_counter()
     crops, _ = prepare_many(files, cfg.ingest)
     if crops:
-        score_crops(model, torch.stack([c.pixels for c in crops]), cfg.score, cfg.model, keep_heatmaps=False)
+        score_crops(model, torch.stack([c.pixels for c in crops]), cfg.score, cfg.model, keep_heatmaps=False,
+                    only=only)
     end_to_end = len(crops) / (time.perf_counter() - start)
     return {"io_floor_images_per_s": floor, "end_to_end_images_per_s": end_to_end,
             "end_to_end_share_of_floor": end_to_end / floor if floor else float("nan")}
@@ -177,8 +180,8 @@ def run_dataset(dataset: BenchDataset, workdir: Path, cfg: PanelConfig, model_ty
         metrics, timing = model_result(split, type_cfg, dataset, log)
         methods[f"panelscan_{model_type}"] = metrics
         files = [Path(dataset.raw) / p for p in split.test["source_path"].drop_duplicates()]
-        speed[f"panelscan_{model_type}"] = {k: v for k, v in timing.items() if k != "model"} | scoring_speed(
-            timing["model"], files, type_cfg)
+        speed[f"panelscan_{model_type}"] = {k: v for k, v in timing.items() if k not in ("model", "needs")} | (
+            scoring_speed(timing["model"], files, type_cfg, timing["needs"]))
     log(f"[{dataset.name}] baselines")
     base = baseline_scores(split.train, {"test": split.test_x}, cfg.train.seed)
     for name in BASELINES:

@@ -8,7 +8,7 @@ loaded back from the MLflow registry.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -89,6 +89,11 @@ class ScoreChoice:
     name: str  # the score chosen over all families: every crop's, or a family's without its own
     per_family: tuple[str, ...] = ()  # score name per family index; (): `name` for every crop
 
+    def needs(self) -> frozenset[str]:
+        """The raw scores that make up every deciding score (a combined one's parts)."""
+        deciding = {self.name, *self.per_family}
+        return frozenset(part for name in deciding for part in COMBINED.get(name, (name,)))
+
     def names(self, family: np.ndarray) -> np.ndarray:
         """The score that decides for each crop (family index per crop)."""
         if not self.per_family:
@@ -164,10 +169,11 @@ def _floored(error_ref: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: ModelConfig,
-               keep_heatmaps: bool = True) -> ScoredBatch:
-    """All candidate scores from one batch of inputs and the model's outputs. The heatmap is the
-    normalised blurred error: where this image's error exceeds what clean panels show at that
-    pixel (connector edges always reconstruct worse)."""
+               keep_heatmaps: bool = True, only: frozenset[str] | None = None) -> ScoredBatch:
+    """The candidate scores from one batch of inputs and the model's outputs: all of them, or those
+    in `only` (ScoreChoice.needs: nightly scoring computes what decides and nothing else). The
+    heatmap is the normalised blurred error: where this image's error exceeds what clean panels
+    show at that pixel (connector edges always reconstruct worse)."""
     # One channel per ensemble member (pipeline/ensemble.py; one for a single model): each score is
     # taken per member, then averaged over the members.
     residual = x - out.recon
@@ -177,29 +183,29 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     normalised = error / _floored(out.error_ref, cfg.norm_eps)
     # the same error as norm_blur_max, smoothed to show areas; not made when no map is kept
     heat = blur(normalised, cfg.heatmap_sigma) if keep_heatmaps else None
-    scores = {
-        "mse": flat.mean(dim=2).mean(dim=1),
-        "topk_mean": flat.topk(k, dim=2).values.mean(dim=2).mean(dim=1),
-        "blur_max": _member_max(blur(error, cfg.blur_sigma)),
-        "norm_blur_max": _member_max(_score_blur(normalised, heat, cfg)),
-        "dark_blur_max": _member_max(blur(-residual, cfg.blur_sigma)),
-        "dark_area_max": _member_max(blur(-residual, cfg.area_sigma)),
-        # the residual in units of the clean RMS error at that pixel
-        "dark_norm_area_max": _member_max(blur(-residual / _floored(out.error_ref, cfg.dark_norm_eps).sqrt(),
-                                               cfg.dark_norm_sigma)),
-    }
     kind = model_class(model_cfg.model_type)
-    scores[kind.latent_score_name] = kind.latent_score(x, out, model_cfg)
-    # a version registered before the bank has none: a constant, which validation never picks
-    scores[LATENT_KNN] = out.latent_knn if out.latent_knn is not None else torch.zeros_like(scores["mse"])
+    makers: dict[str, Callable[[], torch.Tensor]] = {
+        "mse": lambda: flat.mean(dim=2).mean(dim=1),
+        "topk_mean": lambda: flat.topk(k, dim=2).values.mean(dim=2).mean(dim=1),
+        "blur_max": lambda: _member_max(blur(error, cfg.blur_sigma)),
+        "norm_blur_max": lambda: _member_max(_score_blur(normalised, heat, cfg)),
+        "dark_blur_max": lambda: _member_max(blur(-residual, cfg.blur_sigma)),
+        "dark_area_max": lambda: _member_max(blur(-residual, cfg.area_sigma)),
+        # the residual in units of the clean RMS error at that pixel
+        "dark_norm_area_max": lambda: _member_max(blur(-residual / _floored(out.error_ref, cfg.dark_norm_eps).sqrt(),
+                                                       cfg.dark_norm_sigma)),
+        kind.latent_score_name: lambda: kind.latent_score(x, out, model_cfg),
+        # a version registered before the bank has none: a constant, which validation never picks
+        LATENT_KNN: lambda: out.latent_knn if out.latent_knn is not None else torch.zeros(len(x), device=x.device),
+    }
     head_heat = None
     if out.anomaly_map is not None:  # the head says where defects are better than raw error does
         head_heat = blur(out.anomaly_map, cfg.heatmap_sigma) if keep_heatmaps else None
-        scores["head_blur_max"] = _member_max(_score_blur(out.anomaly_map, head_heat, cfg))
-        scores["head_area_max"] = _member_max(blur(out.anomaly_map, cfg.area_sigma))
+        makers["head_blur_max"] = lambda: _member_max(_score_blur(out.anomaly_map, head_heat, cfg))
+        makers["head_area_max"] = lambda: _member_max(blur(out.anomaly_map, cfg.area_sigma))
+    names = [name for name in makers if only is None or name in only]
     # One copy to the host per batch: every score, the maps (only if kept) and the family index.
-    names = list(scores)
-    host = torch.stack([scores[n].double() for n in names]).cpu().numpy()
+    host = torch.stack([makers[n]().double() for n in names]).cpu().numpy() if names else np.zeros((0, len(x)))
     def kept(maps: torch.Tensor | None) -> torch.Tensor:  # the members' mean; none kept: an empty stack
         return maps.mean(dim=1).cpu() if maps is not None else torch.zeros(0, *x.shape[-2:])
     return ScoredBatch(dict(zip(names, host)), kept(heat), out.family.long().cpu().numpy(),
@@ -208,7 +214,7 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
 
 @torch.inference_mode()
 def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_cfg: ModelConfig,
-                keep_heatmaps: bool = True) -> ScoredBatch:
+                keep_heatmaps: bool = True, only: frozenset[str] | None = None) -> ScoredBatch:
     """Score uint8 (N, 1, S, S) crops in batches on the model's device (every score computed there,
     one copy back per batch); deterministic (the model's μ path)."""
     parts: list[ScoredBatch] = []
@@ -217,10 +223,11 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
         out = ModelOutput.of(model(x.contiguous(memory_format=torch.channels_last)))
         out = ModelOutput(*(None if t is None else t.float() for t in out[:3]), out.family,
                           *(None if t is None else t.float() for t in (out.anomaly_map, out.latent_knn)))
-        parts.append(score_maps(x, out, cfg, model_cfg, keep_heatmaps))
+        parts.append(score_maps(x, out, cfg, model_cfg, keep_heatmaps, only))
     if not parts:
         size = crops.shape[-1] if crops.ndim == 4 else 0
-        names = [n for n in score_names(model_cfg.model_type, model_cfg.head_steps > 0) if n not in COMBINED]
+        names = [n for n in score_names(model_cfg.model_type, model_cfg.head_steps > 0)
+                 if n not in COMBINED and (only is None or n in only)]
         return ScoredBatch({name: np.zeros(0) for name in names}, torch.zeros(0, size, size), np.zeros(0, dtype=int))
     return ScoredBatch({name: np.concatenate([p.scores[name] for p in parts]) for name in parts[0].scores},
                        torch.cat([p.heatmaps for p in parts]), np.concatenate([p.family for p in parts]),

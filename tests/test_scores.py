@@ -6,7 +6,7 @@ import torch
 
 from pipeline.config import ModelConfig, ScoreConfig
 from pipeline.models import ModelOutput
-from pipeline.scoring import score_maps
+from pipeline.scoring import ScoreChoice, score_maps, scaled_scores
 
 
 def _scores(x: torch.Tensor, recon: torch.Tensor) -> dict[str, float]:
@@ -59,8 +59,6 @@ def test_dark_norm_area_max_discounts_darkness_where_clean_panels_reconstruct_ba
 def test_a_calibration_made_before_a_score_existed_still_scales_its_own() -> None:
     """Nightly scoring with a calibration whose scale predates a candidate: that candidate is
     left out (it cannot be the calibration's choice), the rest are scaled as before."""
-    from pipeline.scoring import scaled_scores
-
     raw = {"dark_area_max": np.array([2.0, 4.0]), "dark_norm_area_max": np.array([5.0, 6.0])}
     scaled = scaled_scores(raw, np.array([0, 1]), {"dark_area_max": [2.0, 2.0]})
     assert set(scaled) == {"dark_area_max"} and scaled["dark_area_max"].tolist() == [1.0, 2.0]
@@ -190,3 +188,24 @@ def test_the_latent_bank_samples_a_large_training_set_the_same_way_every_time():
     assert not (first == BANK_FAR).all(dim=1).any()  # every row a training code
     assert torch.equal(fit_latent_bank(model, many, seed=3), first)
     assert not torch.equal(fit_latent_bank(model, many, seed=4), first)
+
+
+def test_nightly_scoring_computes_only_what_decides_and_gets_the_same_values() -> None:
+    """A per-family choice with a combined score: scoring with only the choice's needs gives each
+    crop exactly the value the full candidate set gives, without the scores nobody reads."""
+    gen = torch.Generator().manual_seed(1)
+    recon = torch.rand(4, 1, 64, 64, generator=gen)
+    x = (recon + 0.1 * torch.randn(4, 1, 64, 64, generator=gen)).clamp(0, 1)
+    family = torch.tensor([0, 1, 0, 1])
+    out = ModelOutput(recon, torch.zeros(4), torch.full((4, 1, 64, 64), 1e-3), family,
+                      latent_knn=torch.rand(4, generator=gen))
+    choice = ScoreChoice("dark_norm_area_max", ("dark_norm_area_max", "dark_knn_mean"))
+    assert choice.needs() == {"dark_norm_area_max", "dark_area_max", "latent_knn"}
+    full = score_maps(x, out, ScoreConfig(), ModelConfig())
+    lean = score_maps(x, out, ScoreConfig(), ModelConfig(), only=choice.needs())
+    assert set(lean.scores) == choice.needs()
+    scale = {name: [1.0, 2.0] for name in full.scores}
+    fam = family.numpy()
+    np.testing.assert_array_equal(choice.values(scaled_scores(lean.scores, fam, scale), fam),
+                                  choice.values(scaled_scores(full.scores, fam, scale), fam))
+    torch.testing.assert_close(choice.maps(lean), choice.maps(full))
