@@ -12,7 +12,7 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from pipeline.drift import reference_quantiles
 from pipeline.errors import UserError
-from pipeline.labels import OK, is_defect
+from pipeline.labels import OK, is_defect, is_evaluable
 from pipeline.scoring import HEAD_SCORES, ScoreChoice
 
 if TYPE_CHECKING:
@@ -28,7 +28,13 @@ class ThresholdChoice:
 
 
 def defect_targets(labels: np.ndarray) -> np.ndarray:
-    return np.array([is_defect(str(label)) for label in labels], dtype=bool)
+    """True for defects, False for ok; any other label is a caller's bug (load_split keeps only
+    evaluable rows): an unlabelled image counted as clean would skew every figure."""
+    labels = [str(label) for label in labels]
+    stray = sorted({label for label in labels if not is_evaluable(label)})
+    if stray:
+        raise ValueError(f"labels {stray} are not evaluable (only {OK!r} and defect classes enter a metric)")
+    return np.array([is_defect(label) for label in labels], dtype=bool)
 
 
 def _max_f1(scores: np.ndarray, y: np.ndarray) -> float:

@@ -220,6 +220,41 @@ def settle_duplicates(paths: list[Path], sha_of: dict[Path, str], labelled: set[
     return rejected
 
 
+MASK_SUFFIXES = ("_mask", "-mask", "_gt", "_label", "_labels", "_seg")  # how public sets name a defect's mask
+
+
+def looks_like_mask(path: Path, listed_stems: set[str], cfg: IngestConfig) -> bool:
+    """A file named like a listed image (same stem, or the stem plus _mask / _gt / ...) whose pixels
+    are (almost all: JPEG rounds edges) black or white: a defect mask shipped beside its image."""
+    stem = path.stem.lower()
+    bare = next((stem[:-len(suffix)] for suffix in MASK_SUFFIXES if stem.endswith(suffix)), stem)
+    if stem not in listed_stems and bare not in listed_stems:
+        return False
+    try:
+        pixels = decode_file(path, min_side=1, max_pixels=cfg.max_pixels).pixels
+    except ImageRejected:
+        return False
+    return bool(((pixels <= 8) | (pixels >= 247)).float().mean() >= 0.99)
+
+
+def unlisted_note(candidates: list[Path], listed: set[str], raw: Path, labels_path: Path,
+                  cfg: IngestConfig) -> str | None:
+    """One line when labels.csv leaves some images of the raw folder out: how many, the first, and
+    which of them look like defect masks. They are ingested as unlabelled (scored, never used)."""
+    unlisted = [p for p in candidates if p.relative_to(raw).as_posix() not in listed]
+    if not unlisted:
+        return None
+    line = (f"{labels_path} lists {len(candidates) - len(unlisted):,} of {len(candidates):,} images under {raw}; "
+            f"{len(unlisted):,} are unlisted: scored in reports, never trained on or calibrated against "
+            f"(first: {unlisted[0].relative_to(raw).as_posix()})")
+    stems = {Path(p).stem.lower() for p in listed}
+    masks = [p for p in unlisted if looks_like_mask(p, stems, cfg)]
+    if masks:
+        line += (f"; {len(masks):,} of them look like defect masks (black and white, named like a listed image; "
+                 f"first: {masks[0].relative_to(raw).as_posix()}): keep masks outside the raw folder")
+    return line
+
+
 def ingest(raw: Path, workdir: Path, labels_path: Path | None, cfg: IngestConfig,
            progress: Progress | None = None, on_wait: Callable[[str], None] | None = None) -> IngestResult:
     """Ingest every new file of raw into workdir/processed; safe to re-run (incremental), and to
@@ -238,8 +273,13 @@ def _ingest(raw: Path, dirs: WorkDirs, labels_path: Path | None, cfg: IngestConf
                                           {p.relative_to(raw).as_posix() for p in candidates})
     notes += label_notes
     sha_of = {p: sha256_file(p) for p in candidates}
-    duplicates = settle_duplicates(candidates, sha_of, set(labels.loc[labels["label"] != UNLABELLED, "path"]), raw)
+    listed = set(labels.loc[labels["label"] != UNLABELLED, "path"])
+    duplicates = settle_duplicates(candidates, sha_of, listed, raw)
     set_aside = {r.path.relative_to(raw).as_posix() for r in duplicates}
+    if labels_path is not None:
+        note = unlisted_note([p for p in candidates if p.relative_to(raw).as_posix() not in set_aside], listed, raw,
+                             Path(labels_path), cfg)
+        notes += [note] if note else []
     known = relabel(read_table(dirs.manifest, MANIFEST_COLUMNS), labels)
     known = known[~known["source_path"].isin(set_aside)]  # a copy ingested before its labelled twin arrived
     known_sources = set(zip(known["source_path"], known["source_sha256"]))

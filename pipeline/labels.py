@@ -158,3 +158,10 @@ def validate_labels(table: pd.DataFrame, source: Path, raw: Path, inputs: set[st
 def is_defect(label: str) -> bool:
     """Any label other than ok, uncertain and unlabelled counts as a defect class."""
     return label not in (OK, UNCERTAIN, UNLABELLED)
+
+
+def is_evaluable(label: str) -> bool:
+    """ok or a defect class: the only labels that ever enter a metric, a threshold, a score choice,
+    the gate, the bench or the defect-type hint. Unlabelled ('' : not in labels.csv) and uncertain
+    images are scored in reports and never trained on or calibrated against."""
+    return label == OK or is_defect(label)

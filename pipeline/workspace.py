@@ -20,7 +20,7 @@ from torchvision.io import decode_png, read_file
 
 from pipeline.config import IngestConfig
 from pipeline.errors import UserError
-from pipeline.labels import OK, UNCERTAIN, UNLABELLED, is_defect
+from pipeline.labels import OK, is_defect, is_evaluable
 
 MANIFEST_COLUMNS = ["crop_id", "source_path", "source_sha256", "bbox", "panel_id", "label", "split",
                     "width", "height", "ingested_at", "crop_path", "family"]
@@ -81,14 +81,18 @@ def read_table(path: Path, columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame(columns=columns, dtype=str)
 
 
+UNLABELLED_SPLIT = "unlabelled"  # images that are not evaluable (is_evaluable): scored, never trained or calibrated on
+
+
 def assign_split(group: str, labels: set[str], cfg: IngestConfig) -> str:
-    """Deterministic split per group (panel): adding panels never reshuffles existing ones.
+    """Deterministic split per group (panel) from its evaluable labels: adding panels never
+    reshuffles existing ones.
 
     Groups holding a defect go to val or test only (we never train on them, and calibration
     needs them); clean groups go to train / val / test.
     """
-    if labels <= {UNLABELLED, UNCERTAIN}:
-        return "unlabelled"
+    if not any(is_evaluable(label) for label in labels):
+        return UNLABELLED_SPLIT
     u = int(hashlib.sha256(f"{cfg.split_seed}:{group}".encode()).hexdigest()[:12], 16) / 16**12
     if any(is_defect(label) for label in labels):
         return "val" if u < 0.5 else "test"
@@ -98,16 +102,20 @@ def assign_split(group: str, labels: set[str], cfg: IngestConfig) -> str:
 
 
 def with_splits(manifest: pd.DataFrame, cfg: IngestConfig) -> pd.DataFrame:
-    """The manifest with every row's split, decided per panel from all of the panel's labels."""
+    """The manifest with every row's split, decided per panel from the panel's evaluable labels.
+    A row that is not evaluable is in the unlabelled split even when its panel_id is shared with
+    listed images (a mask beside its image has the image's default panel_id)."""
     groups = manifest.groupby("panel_id")["label"].agg(set)
     split_of = {group: assign_split(group, labels, cfg) for group, labels in groups.items()}
-    return manifest.assign(split=manifest["panel_id"].map(split_of))
+    split = manifest["panel_id"].map(split_of).where(manifest["label"].map(is_evaluable), UNLABELLED_SPLIT)
+    return manifest.assign(split=split)
 
 
 def load_split(manifest_path: Path, splits: Iterable[str], trainable_only: bool = False) -> pd.DataFrame:
-    """Manifest rows of the given splits (never 'uncertain' ones); trainable_only keeps the clean (ok) crops."""
+    """Evaluable manifest rows of the given splits (labels.is_evaluable: never unlabelled or uncertain
+    ones, whatever split an older manifest gave them); trainable_only keeps the clean (ok) crops."""
     manifest = read_table(manifest_path, MANIFEST_COLUMNS)
-    rows = manifest[manifest["split"].isin(list(splits)) & (manifest["label"] != UNCERTAIN)]
+    rows = manifest[manifest["split"].isin(list(splits)) & manifest["label"].map(is_evaluable).astype(bool)]
     if trainable_only:
         rows = rows[rows["label"] == OK]
     return rows.reset_index(drop=True)
