@@ -65,6 +65,13 @@ class IngestConfig:
 @dataclass(frozen=True)
 class ModelConfig:
     model_type: Literal["convvae", "vqvae"] = option("convvae", "model type", flag="--model")
+    # What the VAE reconstructs: pixels ("none"), or the feature map of a frozen pretrained backbone
+    # (pipeline/backbone.py, models/featvae.py): efficientnet_lite0 ships with its package; a
+    # torchvision resnet needs model.backbone_weights. Feature models train one member, no defect head.
+    backbone: str = option("none", "reconstruct the features of a frozen pretrained backbone instead of pixels: "
+                                   "none, efficientnet_lite0, or resnet18/34/50, wide_resnet50_2 with --backbone-weights")
+    backbone_weights: str = option("", "a torchvision state dict file for --backbone (efficientnet_lite0: "
+                                       "its shipped file when empty)")
     latent_dim: int = option(64, "convvae: size of z; vqvae: size of each code vector")
     # conv widths, depth = len (each stage halves the side); None: the model type's default_channels
     channels: tuple[int, ...] | None = None

@@ -112,7 +112,8 @@ def train_head(model: nn.Module, train_x: torch.Tensor, cfg: PanelConfig, progre
 
 def with_head(model: nn.Module, train_x: torch.Tensor, cfg: PanelConfig, progress: bool = True,
               on_step: StepCallback | None = None) -> tuple[nn.Module, float]:
-    """The model with a defect head trained for it (cfg.model.head_steps > 0), or the model as it is."""
-    if cfg.model.head_steps <= 0:
+    """The model with a defect head trained for it (cfg.model.head_steps > 0), or the model as it is
+    (also a feature-space model: the head reads a pixel reconstruction, which it has not)."""
+    if cfg.model.head_steps <= 0 or cfg.model.backbone != "none":
         return model, 0.0
     return train_head(model, train_x, cfg, progress, on_step)

@@ -75,14 +75,16 @@ class FamilyModels(nn.Module):
         family = self.family(x)
         outputs = [model(x) for model in self.models]
         recon, latent, error_ref = outputs[0].recon, outputs[0].latent_score, outputs[0].error_ref
-        knn = outputs[0].latent_knn
+        knn, features = outputs[0].latent_knn, outputs[0].feature_maps
         for k, out in enumerate(outputs[1:], start=1):
             pick = family == k
             recon = torch.where(pick[:, None, None, None], out.recon, recon)
             latent = torch.where(pick, out.latent_score, latent)
             error_ref = torch.where(pick[:, None, None, None], out.error_ref, error_ref)
             knn = torch.where(pick, out.latent_knn, knn)  # each family's own bank: its own clean codes
-        return ModelOutput(recon, latent, error_ref, family, latent_knn=knn)
+            if features is not None:
+                features = torch.where(pick[:, None, None, None], out.feature_maps, features)
+        return ModelOutput(recon, latent, error_ref, family, latent_knn=knn, feature_maps=features)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from pipeline.config import ModelConfig, ScoreConfig
 from pipeline.images import float_batches
-from pipeline.models import ModelOutput, latent_score_name, model_class
+from pipeline.models import FeatureVAE, ModelOutput, latent_score_name, model_kind
 from pipeline.models.blocks import BANK_FAR, CodeProjection
 
 # From the error map alone. The dark_* scores keep the residual's sign: how much darker than its
@@ -42,17 +42,33 @@ LATENT_KNN = "latent_knn"
 # on ELPV validation their mean beat either alone (per-family models: .845 vs .840 / .796). A dark
 # area with the latent distance to clean codes: what grainy poly cells pick (README, how each
 # default was chosen).
-COMBINED: dict[str, tuple[str, str]] = {"dark_norm_mean": ("dark_area_max", "norm_blur_max"),
-                                        "dark_knn_mean": ("dark_area_max", LATENT_KNN)}
+PIXEL_COMBINED: dict[str, tuple[str, str]] = {"dark_norm_mean": ("dark_area_max", "norm_blur_max"),
+                                              "dark_knn_mean": ("dark_area_max", LATENT_KNN)}
+
+# A feature-space model's candidates (models/featvae.py): the peak of each of its maps, the mean
+# feature error (the ELBO's reconstruction half), its KL and latent distance, and the VAE's
+# reconstruction error combined with the nearest-clean-patch distance (two views of one feature map).
+FEATURE_SCORES = ("feature_sq_max", "feature_cos_max", "patch_knn_max", "feature_sq_mean")
+FEATURE_COMBINED: dict[str, tuple[str, str]] = {"feature_knn_mean": ("feature_sq_max", "patch_knn_max"),
+                                                "feature_cos_knn_mean": ("feature_cos_max", "patch_knn_max")}
+COMBINED = PIXEL_COMBINED | FEATURE_COMBINED  # scaled_scores adds those whose parts a model has
 
 # From a defect head's map (pipeline/defect_head.py): its peak after a small and a wide blur.
 HEAD_SCORES = ("head_blur_max", "head_area_max")
 
 
-def score_names(model_type: str, head: bool = False) -> tuple[str, ...]:
+def score_names(model_type: str, head: bool = False, features: bool = False) -> tuple[str, ...]:
     """Candidate scores for a model type: the error-map scores, its latent score, the latent
-    code's distance to clean codes, the defect head's scores when it has one, and the combined ones."""
-    return (*MAP_SCORES, latent_score_name(model_type), LATENT_KNN, *(HEAD_SCORES if head else ()), *COMBINED)
+    code's distance to clean codes, the defect head's scores when it has one, and the combined ones;
+    for a feature-space model (features), its feature-map scores, KL, latent distance and combined ones."""
+    if features:
+        return (*FEATURE_SCORES, FeatureVAE.latent_score_name, LATENT_KNN, *FEATURE_COMBINED)
+    return (*MAP_SCORES, latent_score_name(model_type), LATENT_KNN, *(HEAD_SCORES if head else ()), *PIXEL_COMBINED)
+
+
+def config_score_names(cfg: ModelConfig) -> tuple[str, ...]:
+    """score_names for the model a config builds."""
+    return score_names(cfg.model_type, cfg.head_steps > 0 and cfg.backbone == "none", cfg.backbone != "none")
 
 
 @dataclass
@@ -174,6 +190,8 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     in `only` (ScoreChoice.needs: nightly scoring computes what decides and nothing else). The
     heatmap is the normalised blurred error: where this image's error exceeds what clean panels
     show at that pixel (connector edges always reconstruct worse)."""
+    if out.feature_maps is not None:
+        return _feature_scores(x, out, cfg, model_cfg, keep_heatmaps, only)
     # One channel per ensemble member (pipeline/ensemble.py; one for a single model): each score is
     # taken per member, then averaged over the members.
     residual = x - out.recon
@@ -183,7 +201,7 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     normalised = error / _floored(out.error_ref, cfg.norm_eps)
     # the same error as norm_blur_max, smoothed to show areas; not made when no map is kept
     heat = blur(normalised, cfg.heatmap_sigma) if keep_heatmaps else None
-    kind = model_class(model_cfg.model_type)
+    kind = model_kind(model_cfg)
     makers: dict[str, Callable[[], torch.Tensor]] = {
         "mse": lambda: flat.mean(dim=2).mean(dim=1),
         "topk_mean": lambda: flat.topk(k, dim=2).values.mean(dim=2).mean(dim=1),
@@ -212,6 +230,22 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
                        None if out.anomaly_map is None else kept(head_heat))
 
 
+def _feature_scores(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: ModelConfig,
+                    keep_heatmaps: bool, only: frozenset[str] | None) -> ScoredBatch:
+    """score_maps for a feature-space model: the peaks of its (already smooth) maps; the heatmap is
+    the feature reconstruction error, so region, defect-type hint and pixel ROC-AUC read the VAE."""
+    sq, cos, knn = out.feature_maps[:, 0], out.feature_maps[:, 1], out.feature_maps[:, 2]
+    makers: dict[str, Callable[[], torch.Tensor]] = {
+        "feature_sq_max": lambda: sq.flatten(1).amax(dim=1), "feature_cos_max": lambda: cos.flatten(1).amax(dim=1),
+        "patch_knn_max": lambda: knn.flatten(1).amax(dim=1), "feature_sq_mean": lambda: sq.flatten(1).mean(dim=1),
+        FeatureVAE.latent_score_name: lambda: FeatureVAE.latent_score(x, out, model_cfg),
+        LATENT_KNN: lambda: out.latent_knn}
+    names = [name for name in makers if only is None or name in only]
+    host = torch.stack([makers[n]().double() for n in names]).cpu().numpy() if names else np.zeros((0, len(x)))
+    heat = blur(sq[:, None], cfg.heatmap_sigma)[:, 0].cpu() if keep_heatmaps else torch.zeros(0, *x.shape[-2:])
+    return ScoredBatch(dict(zip(names, host)), heat, out.family.long().cpu().numpy())
+
+
 @torch.inference_mode()
 def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_cfg: ModelConfig,
                 keep_heatmaps: bool = True, only: frozenset[str] | None = None) -> ScoredBatch:
@@ -222,12 +256,12 @@ def score_crops(model: nn.Module, crops: torch.Tensor, cfg: ScoreConfig, model_c
     for x in float_batches(crops, cfg.batch_size, device):
         out = ModelOutput.of(model(x.contiguous(memory_format=torch.channels_last)))
         out = ModelOutput(*(None if t is None else t.float() for t in out[:3]), out.family,
-                          *(None if t is None else t.float() for t in (out.anomaly_map, out.latent_knn)))
+                          *(None if t is None else t.float() for t in (out.anomaly_map, out.latent_knn,
+                                                                       out.feature_maps)))
         parts.append(score_maps(x, out, cfg, model_cfg, keep_heatmaps, only))
     if not parts:
         size = crops.shape[-1] if crops.ndim == 4 else 0
-        names = [n for n in score_names(model_cfg.model_type, model_cfg.head_steps > 0)
-                 if n not in COMBINED and (only is None or n in only)]
+        names = [n for n in config_score_names(model_cfg) if n not in COMBINED and (only is None or n in only)]
         return ScoredBatch({name: np.zeros(0) for name in names}, torch.zeros(0, size, size), np.zeros(0, dtype=int))
     return ScoredBatch({name: np.concatenate([p.scores[name] for p in parts]) for name in parts[0].scores},
                        torch.cat([p.heatmaps for p in parts]), np.concatenate([p.family for p in parts]),

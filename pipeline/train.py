@@ -131,9 +131,10 @@ def _epoch_pass(model: nn.Module, loader: DataLoader | torch.Tensor, n_images: i
         x = batch.to(device, non_blocking=True)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        x = to_float(x)
-        if training:
-            x = augment(x, cfg.train, generator)
+        if x.dtype == torch.uint8:  # pixels; a feature model's cached features come as they are
+            x = to_float(x)
+            if training:
+                x = augment(x, cfg.train, generator)
         with torch.set_grad_enabled(training), torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda"):
             out = step(x, beta)
             # Per-pixel scale keeps the learning rate meaningful at any image size.
@@ -163,6 +164,8 @@ def recalibrate_batchnorm(model: nn.Module, clean: torch.Tensor, batch_size: int
     BatchNorm layers switch to train mode, so nothing else (e.g. a VQ codebook) learns here."""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     model.eval()
+    if not norms:  # nothing to recompute (a feature model: its frozen backbone's norms are fixed maps)
+        return
     momenta = [norm.momentum for norm in norms]
     for norm in norms:
         norm.reset_running_stats()
@@ -211,15 +214,22 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     model = build_model(cfg.model, cfg.ingest.image_size).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    # A feature model (models/featvae.py) trains on its frozen backbone's features of the crops,
+    # computed once here, not on pixels: every epoch is a pass over these cached tensors.
+    pixels = getattr(model, "pixel_inputs", True)
+    train_in = train_x if pixels else model.feature_inputs(train_x, fit=True)
+    val_in = val_x if pixels else model.feature_inputs(val_x)
+    if not pixels and tc.select_by == "synthetic":
+        raise UserError("train.select_by synthetic pastes defects on pixels: with model.backbone use recon or last")
     batch_size, lr = device_batch(tc, len(train_x), device)
     steps_per_epoch = math.ceil(len(train_x) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
-    if _fits_on(device, train_x, val_x):  # uint8 crops kept on the GPU: batches by index
-        train_loader, val_loader = train_x.to(device), val_x.to(device)
+    if _fits_on(device, train_in, val_in):  # crops (or features) kept on the GPU: batches by index
+        train_loader, val_loader = train_in.to(device), val_in.to(device)
     else:
-        train_loader = _loader(train_x, batch_size, order_rng, device, tc.loader_workers)
-        val_loader = _loader(val_x, batch_size, None, device, tc.loader_workers)
+        train_loader = _loader(train_in, batch_size, order_rng, device, tc.loader_workers)
+        val_loader = _loader(val_in, batch_size, None, device, tc.loader_workers)
     step = torch.compile(model.training_step) if tc.compile else model.training_step
     identity = run_identity(train_x, val_x, cfg) if checkpoint else {}
     best, best_state, result, stale = float("inf"), None, TrainResult(model=model, device=str(device)), 0
@@ -284,10 +294,13 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     model = model.to(memory_format=torch.contiguous_format).eval()
     # Three passes over every training crop: on the training device (on an H100 they had made
     # 3 epochs of 12,800 crops take 54 s, run on the CPU after the model had left the GPU).
-    recalibrate_batchnorm(model, train_x, device=device)
-    fit_error_reference(model, train_x, device=device)
-    fit_latent_bank(model, train_x, cfg.train.seed)
+    if pixels:
+        recalibrate_batchnorm(model, train_x, device=device)
+        fit_error_reference(model, train_x, device=device)
+        fit_latent_bank(model, train_x, cfg.train.seed)
+    else:  # from the cached features: no second backbone pass
+        model.fit_banks(train_in, cfg.train.seed)
     result.model = model.cpu().eval()
-    result.latent = result.model.latent_report(val_x)
+    result.latent = result.model.latent_report(val_in.cpu())
     result.seconds = time.perf_counter() - start
     return result

@@ -13,10 +13,11 @@ from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.models.blocks import LatentReport, StepOutput, recon_nll
 from pipeline.models.convvae import ConvVAE, free_bits_kl, kl_per_dim
+from pipeline.models.featvae import FEATURE_MAPS, FeatureVAE
 from pipeline.models.output import AsTuple, ModelOutput
 from pipeline.models.vqvae import VQVAE, VectorQuantizer, codebook_usage, perplexity
 
-__all__ = ["AsTuple", "ConvVAE", "LatentReport", "ModelOutput", "StepOutput", "VQVAE", "VectorQuantizer",
+__all__ = ["AsTuple", "ConvVAE", "FEATURE_MAPS", "FeatureVAE", "model_kind", "LatentReport", "ModelOutput", "StepOutput", "VQVAE", "VectorQuantizer",
            "build_model", "codebook_usage", "conv_channels", "free_bits_kl", "kl_per_dim", "latent_score_name",
            "model_class", "perplexity", "recon_nll"]
 
@@ -29,8 +30,18 @@ def model_class(model_type: str) -> type[ConvVAE] | type[VQVAE]:
     return MODEL_TYPES[model_type]
 
 
+def model_kind(cfg: ModelConfig) -> type[ConvVAE] | type[VQVAE] | type[FeatureVAE]:
+    """The class a config builds: the feature-space VAE when it names a backbone, else its model type's."""
+    if cfg.backbone != "none":
+        if cfg.model_type != "convvae":
+            raise UserError(f"model.backbone {cfg.backbone} works with the convvae model type for now "
+                            f"(got {cfg.model_type}); use --model convvae or --backbone none")
+        return FeatureVAE
+    return model_class(cfg.model_type)
+
+
 def build_model(cfg: ModelConfig, image_size: int) -> nn.Module:
-    return model_class(cfg.model_type)(cfg, image_size)
+    return model_kind(cfg)(cfg, image_size)
 
 
 def latent_score_name(model_type: str) -> str:
@@ -40,4 +51,4 @@ def latent_score_name(model_type: str) -> str:
 
 def conv_channels(cfg: ModelConfig) -> tuple[int, ...]:
     """The conv widths a model of this config has: the config's, or its type's default."""
-    return cfg.channels or model_class(cfg.model_type).default_channels
+    return cfg.channels or model_kind(cfg).default_channels

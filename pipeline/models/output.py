@@ -9,6 +9,9 @@ import torch
 from torch import nn
 
 
+FEATURE_CHANNELS = 3  # channels of feature_maps (models/featvae.py FEATURE_MAPS); a head's map has one
+
+
 class ModelOutput(NamedTuple):
     """A ConvVAE, a VQ-VAE or the family router on a float (B, 1, S, S) batch in [0, 1]."""
 
@@ -22,6 +25,9 @@ class ModelOutput(NamedTuple):
     # (B,) distance of the latent code to the nearest clean training code (models/blocks.py:
     # bank_distance); None from a version registered before the bank
     latent_knn: torch.Tensor | None = None
+    # (B, 3, S, S) a feature-space model's maps (models/featvae.py FEATURE_MAPS: squared error,
+    # 1 - cosine, nearest clean patch), upsampled to the crop; None from a pixel model
+    feature_maps: torch.Tensor | None = None
 
     @property
     def mean_recon(self) -> torch.Tensor:
@@ -31,18 +37,20 @@ class ModelOutput(NamedTuple):
     @classmethod
     def of(cls, outputs: Sequence[torch.Tensor]) -> "ModelOutput":
         """Any model's outputs, named: ours, or the registry copy's plain tuple (recon, latent score,
-        error reference, family, then the optional ones present: the head's map, told apart by
-        being 4-D, and latent_knn), or a version registered before families (three tensors:
-        every image is family 0)."""
+        error reference, family, then the optional ones present: the head's map (4-D, one channel),
+        latent_knn (1-D) and the feature maps (4-D, FEATURE_CHANNELS channels)), or a version
+        registered before families (three tensors: every image is family 0)."""
         if isinstance(outputs, cls):
             return outputs
         if len(outputs) == 3:
             recon = outputs[0]
             return cls(*outputs, torch.zeros(recon.shape[0], dtype=torch.long, device=recon.device))
         recon, latent, error_ref, family, *optional = outputs
-        maps = [t for t in optional if t.ndim == 4]
+        maps = [t for t in optional if t.ndim == 4 and t.shape[1] != FEATURE_CHANNELS]
+        features = [t for t in optional if t.ndim == 4 and t.shape[1] == FEATURE_CHANNELS]
         per_image = [t for t in optional if t.ndim == 1]
-        return cls(recon, latent, error_ref, family, maps[0] if maps else None, per_image[0] if per_image else None)
+        return cls(recon, latent, error_ref, family, maps[0] if maps else None, per_image[0] if per_image else None,
+                   features[0] if features else None)
 
 
 class AsTuple(nn.Module):
