@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from pipeline.config import ModelConfig
 from pipeline.families import FamilyModels, fit_family_classifier, train_models, training_families
 from pipeline.models import build_model
-from pipeline.scoring import COMBINED, fit_latent_bank, fit_score_scale, scaled_scores
+from pipeline.scoring import PIXEL_COMBINED, fit_latent_bank, fit_score_scale, scaled_scores
 from pipeline.train import train_model
 from tests.conftest import small_config
 
@@ -108,7 +108,7 @@ def test_scores_are_scaled_per_family_so_families_compare():
     assert scale == {"dark_area_max": [1.0, 3.0], "norm_blur_max": [2.0, 4.0], "latent_knn": [0.5, 1.0]}
     scaled = scaled_scores(raw, family, scale)
     assert scaled["dark_area_max"].tolist() == [1.0, 1.0, 2.0, 1.0, 1.0, 2.0]
-    assert set(COMBINED) == {"dark_norm_mean", "dark_knn_mean"}
+    assert set(PIXEL_COMBINED) == {"dark_norm_mean", "dark_knn_mean"}
     assert scaled["dark_norm_mean"].tolist() == [1.0, 1.0, 2.25, 1.0, 1.0, 2.25]  # mean of the two scaled parts
     assert scaled["dark_knn_mean"].tolist() == [1.0, 1.0, 3.0, 1.0, 1.0, 1.5]
     without_knn = scaled_scores({k: raw[k] for k in ("dark_area_max", "norm_blur_max")}, family, scale)
