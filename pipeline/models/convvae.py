@@ -30,6 +30,15 @@ def free_bits_kl(kl: torch.Tensor, floor: float) -> torch.Tensor:
     return kl.mean(dim=0).clamp(min=floor).sum().expand(kl.shape[0])
 
 
+def kl_report(kl: list[float]) -> LatentReport:
+    """The analyst's table of mean KL per latent dimension: which are active, and collapse."""
+    table = pd.DataFrame({"dim": range(len(kl)), "kl": kl})
+    table["active"] = table["kl"] > ACTIVE_UNIT_KL
+    collapsed = not table["active"].any()
+    return LatentReport("kl_per_dim", table, collapsed, COLLAPSE_WARNING if collapsed else "",
+                        {"active_units": float(table["active"].sum())})
+
+
 class ConvVAE(nn.Module):
     """β-VAE for square grayscale crops whose side is divisible by 2**len(channels)."""
 
@@ -93,12 +102,7 @@ class ConvVAE(nn.Module):
         for x in float_batches(clean, batch_size):
             mu, logvar = self.encode(x)
             total += kl_per_dim(mu, logvar).sum(dim=0)
-        kl = (total / max(1, len(clean))).tolist()
-        table = pd.DataFrame({"dim": range(len(kl)), "kl": kl})
-        table["active"] = table["kl"] > ACTIVE_UNIT_KL
-        collapsed = not table["active"].any()
-        return LatentReport("kl_per_dim", table, collapsed, COLLAPSE_WARNING if collapsed else "",
-                            {"active_units": float(table["active"].sum())})
+        return kl_report((total / max(1, len(clean))).tolist())
 
     @staticmethod
     def latent_score(x: torch.Tensor, out: ModelOutput, cfg: ModelConfig) -> torch.Tensor:

@@ -16,7 +16,6 @@ It has no pixel reconstruction: `recon` is the input itself, so scoring reads th
 
 from __future__ import annotations
 
-import pandas as pd
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -25,7 +24,7 @@ from pipeline.backbone import load_backbone
 from pipeline.config import ModelConfig
 from pipeline.images import float_batches
 from pipeline.models.blocks import BANK_FAR, LatentReport, StepOutput, bank_distance, check_size, latent_bank
-from pipeline.models.convvae import ACTIVE_UNIT_KL, COLLAPSE_WARNING, free_bits_kl, kl_per_dim
+from pipeline.models.convvae import ACTIVE_UNIT_KL, free_bits_kl, kl_per_dim, kl_report
 from pipeline.models.output import FEATURE_CHANNELS, ModelOutput, single_family
 
 FEATURE_MAPS = ("feature_sq", "feature_cos", "patch_knn")
@@ -130,12 +129,7 @@ class FeatureVAE(nn.Module):
         for start in range(0, len(features), FEATURE_BATCH):
             mu, logvar = self.stats(features[start:start + FEATURE_BATCH].float().to(self.feature_mean.device))
             total += kl_per_dim(mu, logvar).mean(dim=(2, 3)).sum(dim=0).cpu()
-        kl = (total / max(1, len(features))).tolist()
-        table = pd.DataFrame({"dim": range(len(kl)), "kl": kl})
-        table["active"] = table["kl"] > ACTIVE_UNIT_KL
-        collapsed = not table["active"].any()
-        return LatentReport("kl_per_dim", table, collapsed, COLLAPSE_WARNING if collapsed else "",
-                            {"active_units": float(table["active"].sum())})
+        return kl_report((total / max(1, len(features))).tolist())
 
     @torch.inference_mode()
     def fit_banks(self, features: torch.Tensor, seed: int) -> None:
