@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pipeline.backbone import LITE0
 from pipeline.baselines import BASELINES, baseline_scores, per_family_baseline_scores
 from pipeline.calibrate import evaluate, roc_auc_ci, score_table
 from pipeline.config import PanelConfig
@@ -183,7 +184,8 @@ def run_dataset(dataset: BenchDataset, workdir: Path, cfg: PanelConfig, model_ty
         speed[f"panelscan_{model_type}"] = {k: v for k, v in timing.items() if k not in ("model", "needs")} | (
             scoring_speed(timing["model"], files, type_cfg, timing["needs"]))
     log(f"[{dataset.name}] baselines")
-    base = baseline_scores(split.train, {"test": split.test_x}, cfg.train.seed)
+    backbone = (cfg.model.backbone, cfg.model.backbone_weights) if cfg.model.backbone != "none" else (LITE0, "")
+    base = baseline_scores(split.train, {"test": split.test_x}, cfg.train.seed, *backbone)
     for name in BASELINES:
         methods[name] = image_metrics(base[name]["test"], split.test, dataset.groups) | {"image_ids": test_ids}
     clean_val = split.val.loc[is_clean(split.val), "family"]
@@ -192,7 +194,8 @@ def run_dataset(dataset: BenchDataset, workdir: Path, cfg: PanelConfig, model_ty
     if names and known:  # the same metadata panelscan's families use, given to the baselines too
         per_family = per_family_baseline_scores(split.train, split.train_families, split.val_x,
                                                 split.val["family"].to_numpy(str), is_clean(split.val).to_numpy(),
-                                                split.test_x, split.test["family"].to_numpy(str), names, cfg.train.seed)
+                                                split.test_x, split.test["family"].to_numpy(str), names, cfg.train.seed,
+                                                *backbone)
         for name in BASELINES:
             methods[f"{name}_per_family"] = image_metrics(per_family[name], split.test, dataset.groups) | {
                 "image_ids": test_ids, "families": list(names)}

@@ -11,6 +11,7 @@ import torch
 import torchvision
 from sklearn.metrics import roc_auc_score
 
+from pipeline.baselines import baseline_scores, patchcore_scores
 from pipeline.backbone import LITE0, BackboneError, lite0_weights_file, load_backbone
 from pipeline.config import ModelConfig
 from pipeline.models import ModelOutput, build_model, exported
@@ -58,21 +59,26 @@ def test_a_users_torchvision_checkpoint_loads(tmp_path: Path):
 
 
 @pytest.fixture(scope="module")
-def feature_vae():
-    """A feature VAE trained on clean synthetic panels (64 px, a few epochs), and clean test crops."""
+def clean_panels(tmp_path_factory) -> tuple[torch.Tensor, torch.Tensor]:
+    """64 px crops of clean synthetic panels: (train, held out)."""
     from pipeline.crop import crop_resize, panel_box
     from pipeline.images import decode_file
-    import tempfile
 
-    root = Path(tempfile.mkdtemp())
+    root = tmp_path_factory.mktemp("panels")
     table = generate(root, n=96, seed=5)
     clean = table[table["label"] == "ok"]
     crops = torch.stack([crop_resize(image.pixels, panel_box(image.pixels, "auto", None), 64)
                          for image in (decode_file(root / p) for p in clean["path"])])
-    cfg = small_config(epochs=6, min_epochs=2).replace("model", backbone=LITE0, latent_dim=8, channels=(32,))
     split = len(crops) * 3 // 4
-    result = train_model(crops[:split], crops[split:], cfg, progress=False)
-    return result, crops[split:], cfg
+    return crops[:split], crops[split:]
+
+
+@pytest.fixture(scope="module")
+def feature_vae(clean_panels):
+    """A feature VAE trained on clean synthetic panels (64 px, a few epochs), and clean test crops."""
+    train, held_out = clean_panels
+    cfg = small_config(epochs=6, min_epochs=2).replace("model", backbone=LITE0, latent_dim=8, channels=(32,))
+    return train_model(train, held_out, cfg, progress=False), held_out, cfg
 
 
 def test_feature_vae_trained_on_clean_panels_finds_pasted_defects(feature_vae):
@@ -102,3 +108,13 @@ def test_exported_feature_vae_scores_as_the_in_memory_model(feature_vae, tmp_pat
 
 def test_the_pixel_vae_stays_one_setting_away():
     assert type(build_model(ModelConfig(latent_dim=8, channels=(8, 16)), 32)).__name__ == "ConvVAE"
+
+
+def test_the_patchcore_baseline_fitted_on_clean_panels_finds_pasted_defects(clean_panels):
+    train, held_out = clean_panels
+    pasted = pasted_copies(held_out, seed=0)
+    scores = baseline_scores(train, {"clean": held_out, "pasted": pasted}, seed=0)["patchcore"]
+    y = np.r_[np.zeros(len(held_out)), np.ones(len(pasted))]
+    assert roc_auc_score(y, np.r_[scores["clean"], scores["pasted"]]) > 0.8
+    again = patchcore_scores(train, {"clean": held_out}, seed=0)["clean"]
+    np.testing.assert_allclose(again, scores["clean"], rtol=1e-5)  # the coreset is seeded
