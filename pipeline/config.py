@@ -132,7 +132,8 @@ class TrainConfig:
     # validation (session 20, benchmarks/HISTORY.md): over five set-splits (ELPV x2, KolektorSDD x3)
     # the two seeds' summed scores beat the mean single training in every one; `panelscan bench`
     # on splits 0-2 (session 21): real-set val +0.003 to +0.004 on each split.
-    members: int = option(2, "models trained from seeds seed, seed+1, ...; every score is their mean")
+    members: int = option(2, "models trained from seeds seed, seed+1, ...; every score is their mean (a feature "
+                                "model, model.backbone, trains one)")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where to train")
     max_shift: int = 3  # augmentation: random shift in pixels (keeps clean images clean)
     brightness: float = 0.08  # augmentation: multiplicative gain range +-

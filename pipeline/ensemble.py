@@ -55,7 +55,9 @@ def train_members(train: torch.Tensor, train_families: np.ndarray, val: torch.Te
     if cfg.train.members < 1:
         raise UserError(f"train.members is {cfg.train.members}: at least one model must be trained")
     members = []
-    for k in range(cfg.train.members):
+    # A feature model trains once: its features and coreset are fixed, so a second seed adds
+    # training time (minutes per epoch on a CPU) for little spread to average out.
+    for k in range(1 if cfg.model.backbone != "none" else cfg.train.members):
         def fit(family: str, tx: torch.Tensor, vx: torch.Tensor, member_cfg: PanelConfig, k: int = k) -> TrainResult:
             return fit_one(member_name(k, family), tx, vx, member_cfg)
         members.append(train_models(train, train_families, val, val_families,

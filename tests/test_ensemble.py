@@ -88,3 +88,19 @@ def test_pipeline_trains_each_member_per_family_and_scores_with_the_registry_ens
     assert scores["score"].to_numpy() == pytest.approx(expected, rel=1e-6)
     with torch.inference_mode():
         assert model(crops[:2].float() / 255)[0].shape[1] == 2  # one reconstruction per member
+
+
+def test_a_feature_model_trains_once_whatever_train_members_says():
+    from pipeline.train import TrainResult
+
+    cfg = small_config().replace("train", members=2).replace("model", backbone="efficientnet_lite0")
+    crops, families = torch.zeros(4, 1, 64, 64, dtype=torch.uint8), np.array([""] * 4)
+    fitted: list[str] = []
+
+    def fit(name: str, *_) -> TrainResult:
+        fitted.append(name)
+        return TrainResult(torch.nn.Identity())
+    train_members(crops, families, crops, families, cfg, fit)
+    assert fitted == [""]
+    train_members(crops, families, crops, families, cfg.replace("model", backbone="none"), fit)
+    assert fitted == ["", "", "member1"]
