@@ -120,7 +120,7 @@ def model_result(split: Split, cfg: PanelConfig, dataset: BenchDataset,
     trained = train_members(split.train, split.train_families, split.val_x[torch.from_numpy(clean.copy())],
                             split.val["family"].to_numpy(str)[clean], cfg,
                             logged_fit(lambda message: log(f"[{dataset.name}] {message}")))
-    if cfg.model.head_steps > 0:
+    if cfg.model.head_steps > 0 and cfg.model.backbone == "none":  # as with_head: a feature model has none
         log(f"[{dataset.name}] defect head: {cfg.model.head_steps} steps")
     model, head_seconds = with_head(trained.model, split.train, cfg, progress=False)
     model = model.to(pick_device(cfg.score.device))
