@@ -48,16 +48,21 @@ def member_name(k: int, family: str) -> str:
     return f"member{k}-{family}" if family else f"member{k}"
 
 
+def member_count(cfg: PanelConfig) -> int:
+    """How many trainings train_members runs: train.members, but one for a feature model (its
+    features and coreset are fixed, so a second seed adds minutes per epoch on a CPU for little
+    spread to average out)."""
+    return 1 if cfg.model.backbone != "none" else cfg.train.members
+
+
 def train_members(train: torch.Tensor, train_families: np.ndarray, val: torch.Tensor, val_families: np.ndarray,
                   cfg: PanelConfig, fit_one: FitOne) -> Trained:
-    """train.members trainings (families.train_models each, seed train.seed + k) as one model; the
+    """member_count trainings (families.train_models each, seed train.seed + k) as one model; the
     results are keyed by member_name, so every member's curves and checkpoints stay apart."""
     if cfg.train.members < 1:
         raise UserError(f"train.members is {cfg.train.members}: at least one model must be trained")
     members = []
-    # A feature model trains once: its features and coreset are fixed, so a second seed adds
-    # training time (minutes per epoch on a CPU) for little spread to average out.
-    for k in range(1 if cfg.model.backbone != "none" else cfg.train.members):
+    for k in range(member_count(cfg)):
         def fit(family: str, tx: torch.Tensor, vx: torch.Tensor, member_cfg: PanelConfig, k: int = k) -> TrainResult:
             return fit_one(member_name(k, family), tx, vx, member_cfg)
         members.append(train_models(train, train_families, val, val_families,

@@ -15,7 +15,7 @@ from pipeline.checkpoint import Checkpointing, read_checkpoint
 from pipeline.config import PanelConfig
 from pipeline.defect_head import with_head
 from pipeline.errors import UserError
-from pipeline.ensemble import train_members
+from pipeline.ensemble import member_count, train_members
 from pipeline.files import atomic_write_text
 from pipeline.images import to_float
 from pipeline.train import TrainResult, train_model
@@ -90,7 +90,7 @@ def train_stage(workdir: Path, cfg: PanelConfig, progress: bool = True, resume: 
     collapsed = [f"{family or 'model'}: {r.latent.warning}" for family, r in trained.results.items() if r.collapsed]
     outcome = TrainOutcome(run_id, version, cfg.model.model_type, best_epoch, max(len(r.history) for r in results),
                            resumed_from, seconds, results[0].device, bool(collapsed), "; ".join(collapsed),
-                           trained.families, cfg.train.members)
+                           trained.families, member_count(cfg))
     atomic_write_text(dirs.latest_train, json.dumps(asdict(outcome), indent=2))
     return outcome
 
