@@ -1,15 +1,19 @@
 """Directional first light of the feature-space VAE (benchmarks/HISTORY.md, 2026-12-07): synthetic
 panels, 128 px, 8 epochs; prints each candidate score's test ROC-AUC (test in view: not a choice).
 Run: .venv/bin/python benchmarks/feature_vae_first_light.py"""
-import time, torch
-from pipeline.config import PanelConfig
-from pipeline.synth import generate
-from pipeline.ingest import ingest
-from pipeline.workspace import WorkDirs, load_split, load_crops
-from pipeline.train import train_model
-from pipeline.scoring import score_crops
+import pathlib
+import tempfile
+import time
+
 from sklearn.metrics import roc_auc_score
-import tempfile, pathlib
+
+from pipeline.config import PanelConfig
+from pipeline.ingest import ingest
+from pipeline.scoring import score_crops
+from pipeline.synth import generate
+from pipeline.training import train_model
+from pipeline.workspace import WorkDirs, load_crops, load_split
+
 d = pathlib.Path(tempfile.mkdtemp())
 generate(d/'raw', n=160, seed=3)
 cfg = PanelConfig().replace('ingest', image_size=128).replace('model', backbone='efficientnet_lite0', latent_dim=16, head_steps=0).replace('train', epochs=8, members=1, min_epochs=2)

@@ -28,13 +28,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
 from pipeline.batch_scoring import score_files  # noqa: E402
-from pipeline.calibrate import Calibration  # noqa: E402
+from pipeline.batching import device_batch  # noqa: E402
+from pipeline.calibration import Calibration  # noqa: E402
 from pipeline.config import PanelConfig  # noqa: E402
 from pipeline.device import pick_device  # noqa: E402
 from pipeline.ingest import prepare_many  # noqa: E402
 from pipeline.models import exported  # noqa: E402
 from pipeline.scoring import score_crops  # noqa: E402
-from pipeline.train import device_batch, train_model  # noqa: E402
+from pipeline.training import train_model  # noqa: E402
 
 PRECISIONS = ("fp32", "bf16", "compiled")
 

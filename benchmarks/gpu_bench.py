@@ -22,7 +22,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from a checkout
 
-from pipeline.bench import bench_datasets, markdown_table, over_splits_table, run_splits  # noqa: E402
+from pipeline.bench import run_splits  # noqa: E402
+from pipeline.bench_sets import bench_datasets  # noqa: E402
+from pipeline.bench_tables import markdown_table, over_splits_table  # noqa: E402
 from pipeline.config import PanelConfig  # noqa: E402
 
 

@@ -16,7 +16,8 @@ import pandas as pd
 from pipeline import tracking
 from pipeline.config import PanelConfig
 from pipeline.crop import box_iou
-from pipeline.scoring import score_crops, strongest_region
+from pipeline.regions import strongest_region
+from pipeline.scoring import score_crops
 from pipeline.workspace import WorkDirs, load_crops, load_split
 
 

@@ -10,8 +10,8 @@ are compared: on a shared 2-core machine one pass of either varies by 10-25 % fr
 from __future__ import annotations
 
 import argparse
-import tempfile
 import statistics
+import tempfile
 import time
 from datetime import date
 from pathlib import Path

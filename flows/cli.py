@@ -203,7 +203,7 @@ def run(args: argparse.Namespace) -> str:
     """Run the flow for args.command; returns the line to print."""
     cfg = build_config(args) if args.command not in ("synth", "elpv") else None
     check_inputs(args)
-    from flows import stages as f  # Prefect import is slow: only after the arguments are checked
+    from flows import prefect_flows as f  # Prefect import is slow: only after the arguments are checked
 
     _quiet_console()
 
@@ -236,7 +236,7 @@ def run(args: argparse.Namespace) -> str:
     if args.command == "bench":
         result = f.bench_flow(args.out, args.quick, args.raw, args.labels, config, args.datasets, args.models,
                               args.split_seeds, args.train_seeds, args.sets)
-        from pipeline.bench import markdown_table
+        from pipeline.bench_tables import markdown_table
         return markdown_table(result)
     if args.command == "serve":
         f.serve_here(args.inbox, args.workdir, args.timezone, args.cron, config)

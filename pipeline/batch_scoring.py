@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipeline.calibrate import Calibration
+from pipeline.calibration import Calibration
 from pipeline.config import PanelConfig, ScoreConfig
 from pipeline.ingest import Crop, Progress, Rejected, decoding
 from pipeline.report import Heatmap, report_rows

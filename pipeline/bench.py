@@ -8,7 +8,7 @@ same val/test crops, and is judged per source image (max over its crops) on the 
 test ROC-AUC (95 % stratified-bootstrap CI) / PR-AUC overall, per defect class and per group (e.g.
 ELPV cell type); pixel ROC-AUC of panelscan's anomaly maps where masks exist
 (pipeline/localisation.py). Models choose their score function on validation, as calibration
-does (pipeline/split_scores.py). Baselines: pipeline/baselines.py; when the labels name panel
+does (pipeline/score_choice.py). Baselines: pipeline/baselines.py; when the labels name panel
 families, panelscan trains one model per family and the baselines also run per family. The
 summary is the mean test ROC-AUC over the real sets (every set but the synthetic one), and with
 several split seeds (run_splits) each figure per seed and its mean over them. Speed:
@@ -23,7 +23,7 @@ import platform
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -33,33 +33,22 @@ import torch
 
 from pipeline.backbone import LITE0
 from pipeline.baselines import BASELINES, baseline_scores, per_family_baseline_scores
-from pipeline.calibrate import evaluate, roc_auc_ci, score_table
+from pipeline.bench_sets import SYNTHETIC, BenchDataset
+from pipeline.calibration import evaluate, roc_auc_ci, score_table
 from pipeline.config import PanelConfig
 from pipeline.defect_head import WithHead, with_head
-from pipeline.datasets.elpv import elpv_installed, write_elpv
-from pipeline.errors import UserError
+from pipeline.device import pick_device
 from pipeline.ensemble import train_members
 from pipeline.families import FitOne, routing_accuracy, training_families
-from pipeline.device import pick_device
 from pipeline.ingest import ingest, prepare_many
-from pipeline.localisation import pixel_roc_auc, read_masks
+from pipeline.localisation import pixel_roc_auc
 from pipeline.models import MODEL_TYPES, model_class
+from pipeline.score_choice import choose_score, score_val_test
 from pipeline.scoring import per_image_max, score_crops
-from pipeline.split_scores import choose_score, score_val_test
-from pipeline.train import TrainResult, train_model
+from pipeline.training import TrainResult, train_model
 from pipeline.workspace import WorkDirs, dataset_hash, is_clean, load_crops, load_split
 
 SCHEMA_VERSION = 2  # 2: CIs, pixel ROC-AUC, summary over the real sets
-SYNTHETIC = "synthetic"  # the one set that is not real: left out of the summary
-
-
-@dataclass(frozen=True)
-class BenchDataset:
-    name: str
-    raw: Path
-    labels: Path
-    groups: dict[str, str] = field(default_factory=dict)  # source path -> group (e.g. mono/poly)
-    masks: dict[str, Path] = field(default_factory=dict)  # source path -> defect mask (white = defect)
 
 
 @dataclass(frozen=True)
@@ -282,101 +271,3 @@ def summary(results: dict[str, dict]) -> dict[str, dict]:
     return {m: {"mean_roc_auc": float(np.mean([methods[m]["roc_auc"] for methods in real])),
                 "min_roc_auc": float(np.min([methods[m]["roc_auc"] for methods in real])), "sets": len(real)}
             for m in common}
-
-
-def markdown_table(result: dict) -> str:
-    """Quality and speed tables, one row per data set and method."""
-    lines = ["| data set | method | test ROC-AUC (95 % CI) | PR-AUC | pixel ROC-AUC | per class / group ROC-AUC | "
-             "score (chosen on val) |",
-             "|---|---|---|---|---|---|---|"]
-    for name, data in result["datasets"].items():
-        for method, m in data["methods"].items():
-            extra = ", ".join(f"{k.removeprefix('roc_auc_')} {v:.3f}" for k, v in m.items()
-                              if k.startswith("roc_auc_") and not k.startswith("roc_auc_ci") and isinstance(v, float))
-            ci = f" ({m['roc_auc_ci_low']:.3f}–{m['roc_auc_ci_high']:.3f})" if "roc_auc_ci_low" in m else ""
-            pixel = f"{m['pixel_roc_auc']:.3f}" if "pixel_roc_auc" in m else ""
-            score = m.get("score", "")
-            if "val_roc_auc" in m:  # how the choice looked on val: labelled images, and pasted defects
-                pasted = m["val_synthetic_auc"]  # NaN for a per-family mix
-                score += f" (val {m['val_roc_auc']:.3f}" + (f", pasted {pasted:.3f})" if pasted == pasted else ")")
-            lines.append(f"| {name} | {method} | {m.get('roc_auc', float('nan')):.3f}{ci} | "
-                         f"{m.get('pr_auc', float('nan')):.3f} | {pixel} | {extra} | {score} |")
-    for method, s in result.get("summary", {}).items():
-        lines.append(f"| **mean of {s['sets']} real sets** | {method} | {s['mean_roc_auc']:.3f} | | | "
-                     f"lowest {s['min_roc_auc']:.3f} | |")
-    lines += ["", "| data set | model | s/epoch | I/O floor img/s | end-to-end img/s | share of floor |",
-              "|---|---|---|---|---|---|"]
-    for name, data in result["datasets"].items():
-        for method, s in data["speed"].items():
-            lines.append(f"| {name} | {method} | {s['seconds_per_epoch']:.2f} | {s['io_floor_images_per_s']:.0f} | "
-                         f"{s['end_to_end_images_per_s']:.0f} | {s['end_to_end_share_of_floor']:.0%} |")
-    lines += over_splits_table(result["over_splits"]) if "over_splits" in result else []
-    m = result["machine"]
-    lines += ["", f"{result['date']}, {m['platform']}, {m['cpu_count']} torch threads{', ' + m['cuda'] if m['cuda'] else ''}; "
-              f"peak memory {result['peak_memory_mb']:.0f} MB; {result['seconds']:.0f} s in all."]
-    return "\n".join(lines) + "\n"
-
-
-def over_splits_table(over: dict) -> list[str]:
-    """Markdown lines: per method, each set's mean test ROC-AUC over the runs (split seeds, and
-    training seeds when there are several; the lowest and highest beside it) and the mean over the
-    real sets per run."""
-    seeds = ", ".join(map(str, dict.fromkeys(over["seeds"])))
-    train_seeds = list(dict.fromkeys(over.get("train_seeds", [])))
-    runs = f"split seeds {seeds}" + (f" × training seeds {', '.join(map(str, train_seeds))}" if len(train_seeds) > 1 else "")
-    sets = list(next(iter(over["methods"].values()))["roc_auc"]) if over["methods"] else []
-    lines = ["", f"Over {runs} (mean test ROC-AUC, lowest–highest):", "",
-             "| method | " + " | ".join(sets) + " | mean of the real sets, per run | over all runs |",
-             "|---|" + "---|" * (len(sets) + 2)]
-    for method, t in over["methods"].items():
-        cells = [f"{t['mean_roc_auc'][name]:.3f} ({min(v):.3f}–{max(v):.3f})" for name, v in t["roc_auc"].items()]
-        per_seed = " / ".join(f"{v:.3f}" for v in t["real_sets_per_split"]) or "no real set"
-        overall = f"{t['real_sets_mean']:.3f}" if t["real_sets_per_split"] else ""
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | {per_seed} | {overall} |")
-    return lines
-
-
-def shared_datasets(root: Path) -> list[BenchDataset]:
-    """Every folder under root with a labels.csv, sorted, with its masks from
-    root/masks/<name>/masks.csv when there are any (../shared/datasets, see its README)."""
-    if not Path(root).is_dir():
-        return []
-    found = []
-    for folder in sorted(p for p in Path(root).iterdir() if (p / "labels.csv").is_file()):
-        masks_csv = Path(root) / "masks" / folder.name / "masks.csv"
-        found.append(BenchDataset(folder.name, folder, folder / "labels.csv",
-                                  masks=read_masks(masks_csv) if masks_csv.is_file() else {}))
-    return found
-
-
-def bench_datasets(out: Path, quick: bool, raw: str | None = None, labels: str | None = None,
-                   shared: Path | None = None, sets: tuple[str, ...] = ()) -> list[BenchDataset]:
-    """The synthetic set (600 frames, generated under out), ELPV when the elpv-dataset package is
-    installed and every shared real set under `shared` (full runs only: their training takes most
-    of the time), and any --raw/--labels folder; with `sets`, only the sets of those names (a
-    name this run does not have is an error that lists the ones it has)."""
-    from pipeline.synth import generate
-
-    if raw and not Path(raw).is_dir():
-        raise UserError(f"{raw}: raw folder does not exist")
-    shared_sets = shared_datasets(shared) if shared and not quick else []
-    available = [SYNTHETIC, *(["elpv"] if not quick and elpv_installed() else []), *(d.name for d in shared_sets),
-                 *([Path(raw).name] if raw else [])]
-    unknown = [name for name in sets if name not in available]
-    if unknown:
-        raise UserError(f"--sets: no data set named {', '.join(unknown)} in this run; it has {', '.join(available)}")
-    wanted = set(sets or available)
-    datasets = []
-    if SYNTHETIC in wanted:
-        synth = Path(out) / "synth-600"
-        if not (synth / "labels.csv").exists():
-            generate(synth, n=600, seed=0)
-        datasets.append(BenchDataset(SYNTHETIC, synth, synth / "labels.csv"))
-    if "elpv" in wanted:
-        elpv = Path(out) / "elpv"
-        table = write_elpv(elpv)  # copies only missing files; rewrites the labels (family column)
-        datasets.append(BenchDataset("elpv", elpv, elpv / "labels.csv", dict(zip(table["path"], table["type"]))))
-    datasets += [d for d in shared_sets if d.name in wanted]
-    if raw and Path(raw).name in wanted:
-        datasets.append(BenchDataset(Path(raw).name, Path(raw), Path(labels) if labels else Path(raw) / "labels.csv"))
-    return datasets

@@ -1,7 +1,9 @@
 """One typed configuration object; every default works on the embedded (laptop/CPU) setup.
 
-A setting declared with option() is also a command-line option (`--image-size`, or its flag):
-its name, default and help live here only; flows/cli.py builds the parser from cli_options().
+Every setting is declared with setting() or option() (also a command-line option, `--image-size`
+or its flag): name, default and help live here only. flows/cli.py builds the parser from
+cli_options(); settings_reference() is the README's table. Why each default is what it is:
+benchmarks/HISTORY.md.
 """
 
 from __future__ import annotations
@@ -19,9 +21,14 @@ from pipeline.errors import UserError
 CropMode = Literal["auto", "roi", "none"]
 
 
+def setting(default: Any, help: str) -> Any:
+    """A setting of the config file, with the one line the settings reference shows."""
+    return field(default=default, metadata={"help": help})
+
+
 def option(default: Any, help: str, flag: str = "") -> Any:
     """A setting that the command line can set too (as --<name>, or flag)."""
-    return field(default=default, metadata={"help": help, "flag": flag})
+    return field(default=default, metadata={"help": help, "cli": True, "flag": flag})
 
 
 @dataclass(frozen=True)
@@ -37,143 +44,95 @@ class CliOption:
 
 @dataclass(frozen=True)
 class IngestConfig:
-    crop: CropMode = option("auto", "panel cropping")
-    roi: tuple[int, int, int, int] | None = None  # x0, y0, x1, y1 in the source image, for crop="roi"
+    crop: CropMode = option("auto", "panel cropping: auto (find the panel), roi (ingest.roi), none (whole frame)")
+    roi: tuple[int, int, int, int] | None = setting(None, "x0, y0, x1, y1 in the source image, for crop roi")
     image_size: int = option(128, "model input side in pixels: crops are resized to it (grayscale)")
-    # Tiling for large images / fine defects: the panel box is cut into overlapping tile x tile
-    # source-pixel patches, each resized to image_size and scored; an image's score is its worst
-    # tile's, and the report's region lies in that tile. 0: one crop per image.
     tile: int = option(0, "cut the panel into overlapping tiles of this many source pixels; an image scores as its "
                           "worst tile (0: no tiling)")
-    tile_overlap: float = 0.25  # fraction of a tile shared with its neighbour
-    # Long frames (long side >= this times the short side) are cut into square tiles of the short
-    # side instead of being squashed into a square (a 2.5:1 frame loses a 2 px crack). 0: never.
-    # Chosen on KolektorSDD validation (bench split): 0.868 tiled vs 0.773 squashed. Synthetic
-    # panels (at most 1.35:1), ELPV and PIPED (square) are not tiled.
+    tile_overlap: float = setting(0.25, "share of a tile that overlaps its neighbour")
     auto_tile_aspect: float = option(1.5, "tile frames at least this elongated into squares of their short side "
                                           "(0: never)")
-    min_side: int = 32  # smaller images are quarantined
-    max_pixels: int = 50_000_000  # decompression-bomb guard
-    split_seed: int = 0
-    train_frac: float = 0.6  # of clean panels; the rest is split evenly into val / test
-    metadata_suffixes: tuple[str, ...] = (".csv", ".json", ".md")  # sidecar files, never images
-    # Labels-file column naming each image's panel family (e.g. mono / poly cells). Clean training
-    # crops of two or more families: one model per family (pipeline/families.py). "": ignore it.
-    family_column: str = "family"
+    min_side: int = setting(32, "images with a shorter side are quarantined as too small")
+    max_pixels: int = setting(50_000_000, "images with more pixels are quarantined (decompression-bomb guard)")
+    split_seed: int = setting(0, "seed of the panel-grouped train / val / test split")
+    train_frac: float = setting(0.6, "share of clean panels for training; the rest is split evenly into val / test")
+    metadata_suffixes: tuple[str, ...] = setting((".csv", ".json", ".md"), "sidecar files in the raw folder, never images")
+    family_column: str = setting("family", "labels-file column naming each image's panel family (one model per "
+                                           "family); empty: ignore it")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     model_type: Literal["convvae", "vqvae"] = option("convvae", "model type", flag="--model")
-    # What the VAE reconstructs: pixels ("none"), or the feature map of a frozen pretrained backbone
-    # (pipeline/backbone.py, models/featvae.py): efficientnet_lite0 ships with its package; a
-    # torchvision resnet needs model.backbone_weights. Feature models train one member, no defect head.
     backbone: str = option("none", "reconstruct the features of a frozen pretrained backbone instead of pixels: "
                                    "none, efficientnet_lite0, or resnet18/34/50, wide_resnet50_2 with --backbone-weights")
     backbone_weights: str = option("", "a torchvision state dict file for --backbone (efficientnet_lite0: "
                                        "its shipped file when empty)")
     latent_dim: int = option(64, "convvae: size of z; vqvae: size of each code vector")
-    # conv widths, depth = len (each stage halves the side); None: the model type's default_channels
-    channels: tuple[int, ...] | None = None
+    channels: tuple[int, ...] | None = setting(None, "conv widths, one per stage halving the side (empty: the model "
+                                                     "type's own)")
     recon_loss: Literal["mse", "bce"] = option("mse", "reconstruction likelihood: Gaussian (σ = recon_sigma) "
                                                       "or Bernoulli decoder")
     beta: float = option(1.0, "β, the KL weight")
     beta_schedule: Literal["constant", "linear", "cyclical"] = option("constant", "how β moves over the epochs")
-    beta_warmup_epochs: int = 10  # linear: β reaches its value at this epoch
-    beta_cycle_epochs: int = 10  # cyclical: cycle length; β ramps up over the first half of each
+    beta_warmup_epochs: int = setting(10, "linear schedule: the epoch at which β reaches its value")
+    beta_cycle_epochs: int = setting(10, "cyclical schedule: cycle length; β ramps up over the first half")
     free_bits: float = option(0.0, "nats per latent dimension: KL below this floor is not penalised")
-    # Gaussian decoder std-dev in [0,1] pixel units. recon = SSE / (2 sigma^2), so beta=1 is a true
-    # ELBO and beta means the same at every image size (both terms are nats per image).
-    recon_sigma: float = 0.1
-    # VQ-VAE only
+    recon_sigma: float = setting(0.1, "Gaussian decoder σ in [0, 1] pixel units (β = 1 is the true ELBO)")
     codebook_size: int = option(128, "vqvae: number of codes")
     codebook_update: Literal["ema", "loss"] = option("ema", "vqvae: EMA of assigned vectors, or codebook loss + gradient")
-    ema_decay: float = 0.99
-    commitment_cost: float = 0.25  # weight of ||z - sg[e]||² (van den Oord et al.)
-    dead_code_threshold: float = 0.05  # restart codes whose share of assignments < this / codebook_size
-    # Defect head (pipeline/defect_head.py): a small U-Net on (input, reconstruction) trained on
-    # pasted synthetic defects after the model; 0 steps: none. On by default since session 24: offered
-    # as candidate scores on nine set-splits (session 23, benchmarks/HISTORY.md) it raised the
-    # out-of-fold val mean 0.9036 -> 0.9058, meeting a rule written beforehand; validation picks it
-    # only where it wins by more than calibrate.HEAD_MARGIN, and scoring drops it where it is not picked (exported.without_head).
+    ema_decay: float = setting(0.99, "vqvae: decay of the codebook's moving averages")
+    commitment_cost: float = setting(0.25, "vqvae: weight of the commitment term ‖z − sg[e]‖²")
+    dead_code_threshold: float = setting(0.05, "vqvae: codes used less than this share of uniform are re-seeded")
     head_steps: int = option(600, "defect-head training steps after the model (0: no head)")
-    head_width: int = 16  # channels of the head's first stage (doubling per stage)
-    head_lr: float = 3e-3  # on a toy surface, 400 steps: pasted-defect AUC .75 at 3e-3 vs .57 at 1e-3
-    head_batch: int = 16
+    head_width: int = setting(16, "channels of the defect head's first stage (doubling per stage)")
+    head_lr: float = setting(3e-3, "defect head learning rate")
+    head_batch: int = setting(16, "defect head batch size")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = option(40, "maximum epochs (early stopping may end sooner)")
-    batch_size: int = 16  # small sets need many steps: 16 beat 32 at the same epochs on the synthetic set
-    lr: float = 2e-3
-    # On a GPU the batch grows with the set (pipeline/train.py: device_batch): the CPU batch while an
-    # epoch would have under `min_steps` steps, up to gpu_batch_size, the LR scaled by sqrt(batch / batch_size).
-    gpu_batch_size: int = 256
-    min_steps: int = 32
+    batch_size: int = setting(16, "crops per optimizer step (on a GPU the start of the batch ramp)")
+    lr: float = setting(2e-3, "Adam learning rate at batch_size")
+    gpu_batch_size: int = setting(256, "largest batch on a GPU; the learning rate scales with √(batch / batch_size)")
+    min_steps: int = setting(32, "on a GPU the batch grows only while an epoch keeps at least this many steps")
     compile: bool = option(False, "torch.compile the training step (GPU; off by default until measured)")
-    weight_decay: float = 0.0
-    # Which epoch's weights are kept: "recon", the lowest clean val reconstruction loss, or
-    # "synthetic", the best self-supervised check (defects pasted on clean val crops,
-    # pipeline/selfcheck.py). Chosen on KolektorSDD validation (bench split, tiled): recon 0.880,
-    # synthetic 0.868; the pasted defects scored only 0.57-0.64 there, they do not yet track real ones.
-    # "last" (the whole schedule's final weights): split 1 of the real sets, val mean -0.002 (PIPED
-    # 0.994 -> 0.985; session 29, benchmarks/HISTORY.md), so an option, not the default. Per-family
-    # models keep their last epoch under "recon" (pipeline/families.py; sessions 30-31).
+    weight_decay: float = setting(0.0, "Adam weight decay")
     select_by: Literal["last", "recon", "synthetic"] = option(
         "recon", "which epoch to keep: the last (whole schedule), lowest clean val loss, or best at finding defects "
-        "pasted on clean val crops")
-    patience: int = 8  # early stop after this many epochs without a better selection figure ...
-    min_epochs: int = 20  # ... but never before this: early val figures are too noisy to judge (BatchNorm lag)
-    min_delta: float = 1e-4  # relative improvement that counts as better
+        "pasted on clean val crops (family models keep the last under recon)")
+    patience: int = setting(8, "early stop after this many epochs without a better selection figure")
+    min_epochs: int = setting(20, "never stop before this epoch (family models run every epoch)")
+    min_delta: float = setting(1e-4, "relative improvement that counts as better")
     seed: int = option(0, "seed of weights, batch order and augmentation")
-    # Trainings scored as one (pipeline/ensemble.py), member k with seed + k: each score is the
-    # members' mean. Costs members x the training and the model's scoring time. 2 chosen on labelled
-    # validation (session 20, benchmarks/HISTORY.md): over five set-splits (ELPV x2, KolektorSDD x3)
-    # the two seeds' summed scores beat the mean single training in every one; `panelscan bench`
-    # on splits 0-2 (session 21): real-set val +0.003 to +0.004 on each split.
     members: int = option(2, "models trained from seeds seed, seed+1, ...; every score is their mean (a feature "
                                 "model, model.backbone, trains one)")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where to train")
-    max_shift: int = 3  # augmentation: random shift in pixels (keeps clean images clean)
-    brightness: float = 0.08  # augmentation: multiplicative gain range +-
-    num_threads: int = 0  # 0: torch default
+    max_shift: int = setting(3, "augmentation: largest random shift in pixels")
+    brightness: float = setting(0.08, "augmentation: multiplicative brightness range ±")
+    num_threads: int = setting(0, "torch threads (0: torch's default)")
     loader_workers: int = option(0, "DataLoader worker processes; crops are already decoded in memory, so 0 "
                                     "suits CPU", flag="--workers")
-    checkpoint: bool = True  # save <workdir>/checkpoints/<model_type>.pt every epoch (for --resume)
+    checkpoint: bool = setting(True, "write <workdir>/checkpoints/<model_type>.pt every epoch (for --resume)")
 
 
 @dataclass(frozen=True)
 class ScoreConfig:
-    # Blur (pixels on the model-size crop) before the max of blur_max, norm_blur_max and dark_blur_max.
-    # Chosen on validation: on 14 saved trainings the mean val ROC-AUC over the real sets was .896 /
-    # .890 / .879 / .874 / .864 for 0 / 0.5 / 1 / 2 / 4 (KolektorSDD's thin cracks: .883 at 0 vs .817
-    # at 2; ELPV and PIPED within .002). Scored under bf16 on four of them, val moved <= .003.
-    # The VQ-VAE, 6 trainings on the same sets: .871 / .872 / .865 / .863 / .856 for 0 / 0.5 / 1 / 2 / 4
-    # (its demo training alone preferred 2: val .940 vs .918), so one default serves both (README).
-    blur_sigma: float = 0.0
-    # The maps people see and the regions, the defect-type hint and pixel ROC-AUC are read from:
-    # the same normalised error, blurred so a region is an area, not a pixel (demo region IoU with
-    # the true defect box: 0.34 at 2 px in the test pipeline, 0.19 unblurred).
-    heatmap_sigma: float = 2.0
-    # dark_area_max: a wider blur (pixels on the model-size crop) for dark areas: on ELPV validation
-    # sigma 2 / 4 / 8 / 12 gave ROC-AUC .762 / .793 / .806 / .812 (flat from 8 on)
-    area_sigma: float = 8.0
-    # dark_norm_area_max: the signed residual over the clean per-pixel RMS error (its floor
-    # dark_norm_eps of the mean), blurred by dark_norm_sigma. Picked on ELPV split 0's validation
-    # among eps 0.1 / 0.5 x sigma 2 / 4 / 8 (out-of-fold ROC-AUC of the score choice), adopted by a
-    # rule on splits 1-4 (README, "How each default was chosen").
-    dark_norm_sigma: float = 4.0
-    dark_norm_eps: float = 0.1
-    topk_frac: float = 0.01  # top 1% of pixels for topk_mean
-    norm_eps: float = 0.5  # norm_blur_max divides by (clean error + norm_eps * its mean)
-    batch_size: int = 64  # crops per forward pass
-    # most images per ledger commit (the most a crash can make a re-run redo); decoding in this
-    # process commits every batch_scoring.PIPELINE_STEP (32) images, decode workers every batch_images
-    batch_images: int = 256
-    drift_psi: float = 0.25  # PSI of clean-looking scores vs calibration above which a batch has drifted
-    drift_flag_rate: float = 0.8  # a batch with at least this share flagged has drifted
-    region_size_frac: float = 0.125  # smallest side of the reported strongest-error box, fraction of the crop
+    blur_sigma: float = setting(0.0, "blur (pixels on the model-size crop) before the maxima of the *_blur_max "
+                                     "scores (0: none, so a 1-px crack keeps its error)")
+    heatmap_sigma: float = setting(2.0, "blur of the heatmap that regions, the defect-type hint and pixel "
+                                        "ROC-AUC read")
+    area_sigma: float = setting(8.0, "blur of dark_area_max's signed residual")
+    dark_norm_sigma: float = setting(4.0, "blur of dark_norm_area_max's normalised signed residual")
+    dark_norm_eps: float = setting(0.1, "dark_norm_area_max: floor of the clean error, as a share of its mean")
+    topk_frac: float = setting(0.01, "share of pixels topk_mean averages")
+    norm_eps: float = setting(0.5, "norm_blur_max divides by clean error + this share of its mean")
+    batch_size: int = setting(64, "crops per forward pass")
+    batch_images: int = setting(256, "most images per ledger commit (the most a crash makes a re-run redo)")
+    drift_psi: float = setting(0.25, "PSI of clean-looking scores against calibration above which a batch drifted")
+    drift_flag_rate: float = setting(0.8, "a batch with at least this share flagged has drifted")
+    region_size_frac: float = setting(0.125, "smallest side of the reported region, as a share of the crop")
     device: Literal["auto", "cpu", "cuda"] = option("auto", "where to score (the model and every score; auto: the "
                                                              "GPU when there is one)")
     decode_workers: int = option(0, "processes that read, decode and crop images while the model scores (0: in "
@@ -182,16 +141,16 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class CalibrateConfig:
-    rule: str = "max-f1"  # max-f1 | fpr:<x> | recall:<x> | fixed:<value>
-    fallback_quantile: float = 0.99  # threshold = this quantile of clean val scores when no defects
+    rule: str = setting("max-f1", "threshold rule: max-f1, fpr:<x>, recall:<x> or fixed:<value>")
+    fallback_quantile: float = setting(0.99, "without labelled defects: this quantile of clean val scores")
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    tracking_uri: str = "sqlite:///mlruns/mlflow.db"
-    artifact_root: str = "mlruns/artifacts"
-    train_experiment: str = "panel-train"
-    score_experiment: str = "panel-score"
+    tracking_uri: str = setting("sqlite:///mlruns/mlflow.db", "MLflow store (MLFLOW_TRACKING_URI overrides it)")
+    artifact_root: str = setting("mlruns/artifacts", "artifact folder of a new local store")
+    train_experiment: str = setting("panel-train", "MLflow experiment of training and calibration runs")
+    score_experiment: str = setting("panel-score", "MLflow experiment of scoring runs")
     model_name: str = option("panel-anomaly", "registered model name; one per data set, so champions are only "
                                               "compared on the same test crops")
 
@@ -258,9 +217,20 @@ def cli_options(section: str) -> Iterator[CliOption]:
     section_cls = type(getattr(PanelConfig(), section))
     hints = typing.get_type_hints(section_cls)
     for f in dataclasses.fields(section_cls):
-        if "help" not in f.metadata:
+        if not f.metadata.get("cli"):
             continue
         hint = hints[f.name]
         choices = typing.get_args(hint) if typing.get_origin(hint) is Literal else None
         yield CliOption(section, f.name, f.metadata["flag"] or f"--{f.name.replace('_', '-')}",
                         str if choices else type(f.default), choices, f.default, f.metadata["help"])
+
+
+def settings_reference() -> str:
+    """Every setting as a Markdown table (the README's settings reference is this text)."""
+    rows = ["| setting | default | option | what it does |", "|---|---|---|---|"]
+    for section in (f.name for f in dataclasses.fields(PanelConfig)):
+        for f in dataclasses.fields(type(getattr(PanelConfig(), section))):
+            flag = (f.metadata["flag"] or f"--{f.name.replace('_', '-')}") if f.metadata.get("cli") else ""
+            default = json.dumps(f.default, ensure_ascii=False)
+            rows.append(f"| `{section}.{f.name}` | `{default}` | {f'`{flag}`' if flag else ''} | {f.metadata['help']} |")
+    return "\n".join(rows) + "\n"

@@ -21,7 +21,7 @@ from pipeline.config import PanelConfig
 from pipeline.errors import UserError
 from pipeline.families import FitOne, Trained, train_models
 from pipeline.models import ModelOutput
-from pipeline.train import TrainResult
+from pipeline.training import TrainResult
 
 
 class Ensemble(nn.Module):

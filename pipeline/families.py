@@ -27,7 +27,7 @@ from pipeline.config import PanelConfig
 from pipeline.images import to_float
 from pipeline.models import ModelOutput
 from pipeline.scoring import blur
-from pipeline.train import TrainResult
+from pipeline.training import TrainResult
 
 MIN_FAMILY_CROPS = 20  # a family with fewer clean training crops gets no model of its own
 POOL, TEXTURE_POOL = 16, 8  # pixels pooled to 16x16 (layout), |high-pass| to 8x8 (grain texture)

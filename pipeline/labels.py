@@ -8,6 +8,7 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipeline.errors import UserError
@@ -165,3 +166,13 @@ def is_evaluable(label: str) -> bool:
     the gate, the bench or the defect-type hint. Unlabelled ('' : not in labels.csv) and uncertain
     images are scored in reports and never trained on or calibrated against."""
     return label == OK or is_defect(label)
+
+
+def defect_targets(labels: np.ndarray) -> np.ndarray:
+    """True for defects, False for ok; any other label is a caller's bug (load_split keeps only
+    evaluable rows): an unlabelled image counted as clean would skew every figure."""
+    labels = [str(label) for label in labels]
+    stray = sorted({label for label in labels if not is_evaluable(label)})
+    if stray:
+        raise ValueError(f"labels {stray} are not evaluable (only {OK!r} and defect classes enter a metric)")
+    return np.array([is_defect(label) for label in labels], dtype=bool)

@@ -14,16 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from pipeline.calibrate import (
+from pipeline.calibration import (
     BOOTSTRAP_ROUNDS,
     CI_LEVEL,
     Calibration,
     bootstrap_indices,
-    defect_targets,
     interval,
     resampled_roc_aucs,
 )
 from pipeline.errors import UserError
+from pipeline.labels import defect_targets
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 

@@ -14,12 +14,13 @@ import pandas as pd
 import torch
 from torchvision.utils import draw_bounding_boxes
 
-from pipeline.calibrate import Calibration
+from pipeline.calibration import Calibration
 from pipeline.defect_type import DefectTypeClassifier, error_features
 from pipeline.files import atomic_write_csv
 from pipeline.images import to_float, to_uint8, write_png
 from pipeline.ingest import Crop
-from pipeline.scoring import ScoredBatch, box_in_source, peak_region, scaled_scores, worst_crop
+from pipeline.regions import box_in_source, peak_region
+from pipeline.scoring import ScoredBatch, scaled_scores, worst_crop
 
 REPORT_COLUMNS = ["image_path", "crop_id", "panel_id", "score", "threshold", "flagged", "severity", "region",
                   "heatmap_path", "suspected_defect", "suspected_confidence", "score_name", "family", "model_name",

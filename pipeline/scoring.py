@@ -14,15 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 import torch
-from scipy import ndimage
-from sklearn.decomposition import PCA
 from torch import nn
 from torch.nn import functional as F
 
 from pipeline.config import ModelConfig, ScoreConfig
 from pipeline.images import float_batches
 from pipeline.models import FeatureVAE, ModelOutput, latent_score_name, model_kind
-from pipeline.models.blocks import BANK_FAR, CodeProjection
 
 # From the error map alone. The dark_* scores keep the residual's sign: how much darker than its
 # reconstruction an area is, averaged over a blur before the max, so a crack's or an inactive
@@ -93,61 +90,6 @@ class ScoredBatch:
             return maps[mask] if maps is not None and len(maps) else maps
         return ScoredBatch({name: values[pick] for name, values in self.scores.items()}, kept(self.heatmaps),
                            self.family[pick], kept(self.head_maps))
-
-
-@dataclass(frozen=True)
-class ScoreChoice:
-    """The score that decides, chosen on validation (split_scores.choose_score): one candidate for
-    every crop, or one per panel family. Scaled scores are in units of their family's clean
-    median (scaled_scores), so a mix of scores still shares one threshold; on ELPV, cracks in mono
-    cells showed best in one score and in poly cells in another."""
-
-    name: str  # the score chosen over all families: every crop's, or a family's without its own
-    per_family: tuple[str, ...] = ()  # score name per family index; (): `name` for every crop
-
-    def needs(self) -> frozenset[str]:
-        """The raw scores that make up every deciding score (a combined one's parts)."""
-        deciding = {self.name, *self.per_family}
-        return frozenset(part for name in deciding for part in COMBINED.get(name, (name,)))
-
-    def names(self, family: np.ndarray) -> np.ndarray:
-        """The score that decides for each crop (family index per crop)."""
-        if not self.per_family:
-            return np.full(len(family), self.name, dtype=object)
-        return np.array(self.per_family, dtype=object)[np.asarray(family, dtype=int)]
-
-    def values(self, scores: dict[str, np.ndarray], family: np.ndarray) -> np.ndarray:
-        """Each crop's value of its deciding score (scaled scores in, for a per-family choice)."""
-        if not self.per_family:
-            return np.asarray(scores[self.name])
-        names = self.names(family)
-        out = np.empty(len(names))
-        for name in set(self.per_family):
-            out[names == name] = np.asarray(scores[name])[names == name]
-        return out
-
-    def maps(self, batch: ScoredBatch) -> torch.Tensor:
-        """Each crop's map of its deciding score (ScoredBatch.maps): where that score looks."""
-        sources = {name: batch.maps(name) for name in set(self.per_family or (self.name,))}
-        first = next(iter(sources.values()))
-        if all(maps is first for maps in sources.values()) or not len(first):
-            return first
-        names = self.names(batch.family)
-        out = first.clone()
-        for name, maps in sources.items():
-            out[torch.from_numpy(names == name)] = maps[torch.from_numpy(names == name)]
-        return out
-
-    def reads_head(self) -> bool:
-        """Whether any deciding score comes from a defect head's map (else scoring can drop the head)."""
-        return any(name in HEAD_SCORES for name in (self.name, *self.per_family))
-
-    def describe(self, families: Sequence[str] = ()) -> str:
-        """`name`, or each family's score ("mono: norm_blur_max, poly: elbo")."""
-        if not self.per_family:
-            return self.name
-        labels = list(families) or [f"family {k}" for k in range(len(self.per_family))]
-        return ", ".join(f"{family}: {name}" for family, name in zip(labels, self.per_family))
 
 
 def blur(error: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -313,78 +255,3 @@ def worst_crop(values: np.ndarray, image_keys: Sequence[str]) -> np.ndarray:
 def model_device(model: nn.Module) -> torch.device:
     """Where the model's weights are (CPU for a module without any)."""
     return next(iter(model.parameters()), torch.empty(0)).device
-
-
-@torch.inference_mode()
-def fit_error_reference(model: nn.Module, clean: torch.Tensor, batch_size: int = 64,
-                        device: torch.device | None = None) -> torch.Tensor:
-    """Mean squared reconstruction error per pixel over clean uint8 crops; stored in the model."""
-    total = torch.zeros_like(model.error_ref)
-    for x in float_batches(clean, batch_size, device):
-        total += (x - model(x).recon).pow(2).sum(dim=0, keepdim=True)
-    model.error_ref.copy_(total / max(1, len(clean)))
-    return model.error_ref
-
-
-@torch.inference_mode()
-def fit_latent_bank(model: nn.Module, clean: torch.Tensor, seed: int = 0, batch_size: int = 64) -> torch.Tensor:
-    """The latent codes of clean uint8 crops (a seeded sample of BANK_ROWS when there are more),
-    stored in the model's bank; the rows left over stay far away. A model whose code is a projection
-    (the ConvVAE) first gets its principal axes fitted on the same sample."""
-    bank = model.latent_bank
-    keep = torch.randperm(len(clean), generator=torch.Generator().manual_seed(seed))[:len(bank)].sort().values
-    batches = float_batches(clean[keep], batch_size, bank.device)
-    projection = getattr(model, "code_projection", None)
-    if projection is None:
-        codes = [model.codes(x) for x in batches]
-    else:  # encode once: the same grids fit the axes and become the codes
-        features = [model.code_features(x) for x in batches]
-        fit_code_projection(projection, torch.cat(features) if features else torch.zeros(0), seed)
-        codes = [projection(f) for f in features]
-    bank.fill_(BANK_FAR)
-    if codes:
-        filled = torch.cat(codes)
-        bank[:len(filled)] = filled.to(bank.dtype)
-    return bank
-
-
-def fit_code_projection(projection: CodeProjection, features: torch.Tensor, seed: int) -> None:
-    """Centre on the clean features' mean and keep their leading principal axes (seeded randomized
-    SVD: ~2 s for 2,048 crops of 8,192 numbers); fewer crops than axes leave the rest at 0."""
-    projection.mean.zero_()
-    projection.axes.zero_()
-    if len(features) < 2:
-        return
-    pca = PCA(min(projection.axes.shape[1], len(features)), random_state=seed).fit(features.cpu().double().numpy())
-    projection.mean.copy_(torch.from_numpy(pca.mean_))
-    projection.axes[:, :pca.n_components_] = torch.from_numpy(pca.components_.T)
-
-
-def strongest_region(heatmap: torch.Tensor, bbox: tuple[int, int, int, int], min_frac: float,
-                     level: float = 0.3) -> tuple[int, int, int, int]:
-    """Box of the strongest anomaly, in source-image coordinates (crop box bbox, resized crop):
-    the connected area around the heatmap's peak that stays above `level` of the way from the
-    map's median to its peak, so a long crack gets a long box and a pin a small one; at least
-    min_frac of the crop on each side."""
-    return box_in_source(peak_region(heatmap, min_frac, level), bbox, heatmap.shape[-2:])
-
-
-def peak_region(heatmap: torch.Tensor, min_frac: float, level: float = 0.3) -> tuple[int, int, int, int]:
-    """strongest_region in the heatmap's own pixels (x0, y0, x1, y1), end exclusive."""
-    heat = heatmap.double().numpy()
-    py, px = np.unravel_index(int(np.argmax(heat)), heat.shape)
-    floor = np.median(heat)
-    labels, _ = ndimage.label(heat >= floor + level * (heat[py, px] - floor))
-    ys, xs = np.nonzero(labels == labels[py, px])
-    height, width = heat.shape
-    half_x, half_y = max(1, round(min_frac * width / 2)), max(1, round(min_frac * height / 2))
-    return (int(min(xs.min(), max(0, px - half_x))), int(min(ys.min(), max(0, py - half_y))),
-            int(max(xs.max() + 1, min(width, px + half_x + 1))), int(max(ys.max() + 1, min(height, py + half_y + 1))))
-
-
-def box_in_source(box: tuple[int, int, int, int], bbox: tuple[int, int, int, int],
-                  shape: Sequence[int]) -> tuple[int, int, int, int]:
-    """A box in a resized crop's pixels (crop of `shape` (H, W) cut from bbox) in source pixels."""
-    (lx0, ly0, lx1, ly1), (x0, y0, x1, y1) = box, bbox
-    sx, sy = (x1 - x0) / shape[1], (y1 - y0) / shape[0]
-    return (int(x0 + lx0 * sx), int(y0 + ly0 * sy), int(math.ceil(x0 + lx1 * sx)), int(math.ceil(y0 + ly1 * sy)))

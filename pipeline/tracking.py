@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import Schema, TensorSpec
 from torch import nn
 
-from pipeline.calibrate import Calibration
+from pipeline.calibration import Calibration
 from pipeline.config import PanelConfig, TrackingConfig
 from pipeline.drift import DriftCheck
 from pipeline.errors import UserError

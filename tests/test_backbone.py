@@ -11,14 +11,14 @@ import torch
 import torchvision
 from sklearn.metrics import roc_auc_score
 
-from pipeline.baselines import baseline_scores, patchcore_scores
 from pipeline.backbone import LITE0, BackboneError, lite0_weights_file, load_backbone
+from pipeline.baselines import baseline_scores, patchcore_scores
 from pipeline.config import ModelConfig
 from pipeline.models import ModelOutput, build_model, exported
 from pipeline.scoring import score_crops
 from pipeline.selfcheck import pasted_copies
 from pipeline.synth import generate
-from pipeline.train import train_model
+from pipeline.training import train_model
 from tests.conftest import small_config
 
 

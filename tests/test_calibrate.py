@@ -4,19 +4,17 @@ import pytest
 import torch
 from sklearn.metrics import f1_score, roc_auc_score
 
-from pipeline.calibrate import (
-    HEAD_MARGIN,
+from pipeline.calibration import (
     bootstrap_indices,
     calibrate_scores,
     choose_threshold,
     evaluate,
     resampled_roc_aucs,
     roc_auc_ci,
-    select_score,
 )
 from pipeline.promotion import gate
+from pipeline.score_choice import HEAD_MARGIN, SplitScores, choose_score, select_score
 from pipeline.scoring import ScoredBatch
-from pipeline.split_scores import SplitScores, choose_score
 
 
 @pytest.fixture()

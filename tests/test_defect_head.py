@@ -13,7 +13,7 @@ from pipeline.defect_head import WithHead, focal_loss, train_head
 from pipeline.models import ModelOutput
 from pipeline.scoring import COMBINED, HEAD_SCORES, score_crops, score_names
 from pipeline.selfcheck import pasted_copies, synthetic_check
-from pipeline.train import train_model
+from pipeline.training import train_model
 from tests.conftest import small_config
 
 

@@ -32,7 +32,7 @@ def test_nightly_score_runs_at_two_in_the_sites_timezone_on_the_cpu_pool():
 
 
 def test_serve_builds_the_sites_deployments_with_the_given_schedule():
-    from flows.stages import site_deployments
+    from flows.prefect_flows import site_deployments
 
     nightly, calibrate, train = site_deployments("inbox", "work", "Europe/Berlin", "30 1 * * *")
     assert [d.name for d in (nightly, calibrate, train)] == ["nightly-score", "calibrate", "train"]

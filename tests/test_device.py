@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from flows.cli import build_config, parser
+from pipeline.clean_references import fit_error_reference, fit_latent_bank
 from pipeline.device import pick_device
 from pipeline.errors import UserError
 from pipeline.models import build_model, exported
-from pipeline.scoring import LATENT_KNN, fit_error_reference, fit_latent_bank, score_crops
+from pipeline.scoring import LATENT_KNN, score_crops
 from tests.conftest import small_config
 
 
@@ -60,8 +61,8 @@ def test_cuda_without_a_gpu_is_one_clear_line():
 
 
 def test_the_gpu_batch_grows_with_the_set_and_the_cpu_batch_never_changes():
+    from pipeline.batching import device_batch
     from pipeline.config import TrainConfig
-    from pipeline.train import device_batch
 
     tc = TrainConfig()
     cpu, cuda = torch.device("cpu"), torch.device("cuda")

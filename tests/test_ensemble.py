@@ -11,11 +11,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from pipeline.clean_references import fit_error_reference, fit_latent_bank
 from pipeline.config import ModelConfig, ScoreConfig
 from pipeline.ensemble import Ensemble, member_count, train_members
 from pipeline.errors import UserError
 from pipeline.models import build_model
-from pipeline.scoring import fit_error_reference, fit_latent_bank, score_crops
+from pipeline.scoring import score_crops
 from tests.conftest import small_config
 
 
@@ -91,7 +92,7 @@ def test_pipeline_trains_each_member_per_family_and_scores_with_the_registry_ens
 
 
 def test_a_feature_model_trains_once_whatever_train_members_says():
-    from pipeline.train import TrainResult
+    from pipeline.training import TrainResult
 
     cfg = small_config().replace("train", members=2).replace("model", backbone="efficientnet_lite0")
     crops, families = torch.zeros(4, 1, 64, 64, dtype=torch.uint8), np.array([""] * 4)

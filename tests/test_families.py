@@ -12,11 +12,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from pipeline.clean_references import fit_latent_bank
 from pipeline.config import ModelConfig
 from pipeline.families import FamilyModels, fit_family_classifier, train_models, training_families
 from pipeline.models import build_model
-from pipeline.scoring import PIXEL_COMBINED, fit_latent_bank, fit_score_scale, scaled_scores
-from pipeline.train import train_model
+from pipeline.scoring import PIXEL_COMBINED, fit_score_scale, scaled_scores
+from pipeline.training import train_model
 from tests.conftest import small_config
 
 
@@ -68,7 +69,7 @@ def test_classifier_learns_families_and_the_router_uses_each_familys_model():
 def test_family_models_run_the_whole_schedule_and_keep_the_last_epoch(monkeypatch):
     """Clean val reconstruction that worsens every epoch stops one shared model at its first
     epoch; a family's model (default settings) trains every epoch and keeps the final weights."""
-    import pipeline.train as train_module
+    import pipeline.training as train_module
 
     real_pass, passes = train_module._epoch_pass, iter(range(1, 1000))
 

@@ -18,13 +18,13 @@ from pipeline.crop import box_iou
 from pipeline.report import REPORT_COLUMNS
 from pipeline.scoring import score_crops, score_names
 from pipeline.synth import generate
-from pipeline.train import train_model
+from pipeline.training import train_model
 from tests.conftest import small_config
 
 
 def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys):
     from flows.cli import main
-    from flows.stages import pipeline_flow, score_flow
+    from flows.prefect_flows import pipeline_flow, score_flow
 
     cfg = small_config().to_dict()
     inbox = tmp_path / "inbox"

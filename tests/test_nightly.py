@@ -46,7 +46,7 @@ def test_arrivals_by_day_folder_or_by_modification_time_in_the_site_timezone(tmp
 
 
 def test_nightly_without_a_champion_fails_with_a_clear_reason(harness, tmp_path: Path):
-    from flows.stages import nightly_flow
+    from flows.prefect_flows import nightly_flow
 
     generate(tmp_path / "inbox" / "2026-05-01", n=2, seed=3)
     state = nightly_flow(str(tmp_path / "inbox"), str(tmp_path / "w"), day="2026-05-01", return_state=True)
@@ -56,7 +56,7 @@ def test_nightly_without_a_champion_fails_with_a_clear_reason(harness, tmp_path:
 
 
 def test_nightly_scores_only_the_days_images_and_dask_shards_match(harness, champion, tmp_path: Path):
-    from flows.stages import nightly_flow, on_dask
+    from flows.prefect_flows import nightly_flow, on_dask
 
     work, cfg = champion
     config = cfg.replace("score", batch_images=8).to_dict()
@@ -78,7 +78,7 @@ def test_nightly_scores_only_the_days_images_and_dask_shards_match(harness, cham
 
 
 def test_a_drifted_night_completes_with_the_drift_in_its_state_message(harness, champion, tmp_path: Path):
-    from flows.stages import nightly_flow
+    from flows.prefect_flows import nightly_flow
     from tests.test_drift import _brighten
 
     work, cfg = champion

@@ -1,8 +1,8 @@
 import pandas as pd
 import torch
 
+from pipeline.regions import strongest_region
 from pipeline.report import REPORT_COLUMNS, heatmap_overlay, write_report
-from pipeline.scoring import strongest_region
 
 
 def _rows(scores, version="1"):

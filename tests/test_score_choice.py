@@ -10,12 +10,11 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from pipeline.calibrate import MIN_LABELLED_DEFECTS, Calibration, calibrate_scores, select_score
+from pipeline.calibration import Calibration, calibrate_scores
 from pipeline.ingest import Crop
 from pipeline.report import report_rows
-from pipeline.scoring import ScoreChoice, ScoredBatch
-from pipeline.split_scores import SplitScores, choose_score
-
+from pipeline.score_choice import MIN_LABELLED_DEFECTS, ScoreChoice, SplitScores, choose_score, select_score
+from pipeline.scoring import ScoredBatch
 
 A, B = "norm_blur_max", "elbo"
 

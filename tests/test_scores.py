@@ -6,7 +6,8 @@ import torch
 
 from pipeline.config import ModelConfig, ScoreConfig
 from pipeline.models import ModelOutput
-from pipeline.scoring import ScoreChoice, score_maps, scaled_scores
+from pipeline.score_choice import ScoreChoice
+from pipeline.scoring import scaled_scores, score_maps
 
 
 def _scores(x: torch.Tensor, recon: torch.Tensor) -> dict[str, float]:
@@ -140,9 +141,10 @@ def test_latent_knn_is_higher_for_a_surface_unlike_every_clean_training_crop(mod
     of another surface sits farther from them than held-out clean crops do."""
     from sklearn.metrics import roc_auc_score
 
+    from pipeline.clean_references import fit_latent_bank
     from pipeline.models import build_model
     from pipeline.models.blocks import BANK_FAR
-    from pipeline.scoring import LATENT_KNN, fit_latent_bank, score_crops
+    from pipeline.scoring import LATENT_KNN, score_crops
 
     cfg = ModelConfig(model_type=model_type, latent_dim=8, channels=(8, 16), codebook_size=16)
     model = build_model(cfg, 32).eval()
@@ -162,8 +164,8 @@ def test_latent_knn_is_higher_for_a_surface_unlike_every_clean_training_crop(mod
 def test_the_convvae_code_is_its_last_grid_on_principal_axes_fitted_on_the_clean_crops():
     """Fewer crops than axes: the projection keeps every distance between training grids, so the
     nearest clean code is the nearest clean grid; a crop's own code sits at the grids' mean offset."""
+    from pipeline.clean_references import fit_latent_bank
     from pipeline.models import build_model
-    from pipeline.scoring import fit_latent_bank
 
     model = build_model(ModelConfig(latent_dim=8, channels=(8, 16)), 32).eval()
     train = _surface(40, 0)
@@ -178,9 +180,9 @@ def test_the_convvae_code_is_its_last_grid_on_principal_axes_fitted_on_the_clean
 
 
 def test_the_latent_bank_samples_a_large_training_set_the_same_way_every_time():
+    from pipeline.clean_references import fit_latent_bank
     from pipeline.models import build_model
     from pipeline.models.blocks import BANK_FAR, BANK_ROWS
-    from pipeline.scoring import fit_latent_bank
 
     model = build_model(ModelConfig(latent_dim=4, channels=(4, 8)), 16).eval()
     many = (torch.rand(BANK_ROWS + 300, 1, 16, 16) * 255).to(torch.uint8)

@@ -7,7 +7,7 @@ import copy
 import torch
 
 from pipeline.selfcheck import paste_defects, pasted_copies, synthetic_check
-from pipeline.train import train_model
+from pipeline.training import train_model
 from tests.conftest import small_config
 from tests.test_train import _clean_panels
 
@@ -60,7 +60,7 @@ def test_a_model_that_copies_its_input_cannot_find_pasted_defects():
 def test_training_keeps_the_epoch_best_at_finding_pasted_defects(monkeypatch):
     """A model that got worse at finding pasted defects (epochs 3, 4) is not the one kept, even
     though its clean reconstruction kept improving."""
-    import pipeline.train as train_module
+    import pipeline.training as train_module
 
     aucs, weights = iter([0.60, 0.90, 0.70, 0.55]), []
 
@@ -81,7 +81,7 @@ def test_training_keeps_the_epoch_best_at_finding_pasted_defects(monkeypatch):
 def test_select_by_last_runs_the_whole_schedule_and_keeps_the_last_epoch(monkeypatch):
     """Clean val reconstruction that gets worse every epoch stops a recon-selected training early
     at its first epoch; select_by="last" trains every epoch and keeps the final weights."""
-    import pipeline.train as train_module
+    import pipeline.training as train_module
 
     passes, weights = iter(range(1, 100)), []
     real_pass = train_module._epoch_pass

@@ -4,7 +4,7 @@ import torch
 from pipeline.checkpoint import Checkpointing
 from pipeline.config import ModelConfig
 from pipeline.models import free_bits_kl
-from pipeline.train import beta_at, train_model
+from pipeline.training import beta_at, train_model
 from tests.conftest import small_config
 
 

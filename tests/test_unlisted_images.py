@@ -13,7 +13,7 @@ from PIL import Image, ImageOps
 
 from pipeline.ingest import ingest
 from pipeline.stages import calibrate_stage, train_stage
-from pipeline.workspace import read_table, MANIFEST_COLUMNS, WorkDirs
+from pipeline.workspace import MANIFEST_COLUMNS, WorkDirs, read_table
 from tests.conftest import small_config
 
 

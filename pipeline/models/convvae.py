@@ -8,8 +8,18 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.images import float_batches
-from pipeline.models.blocks import LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll, up_stack
-from pipeline.models.blocks import CodeProjection, bank_distance, latent_bank
+from pipeline.models.blocks import (
+    CodeProjection,
+    LatentReport,
+    StepOutput,
+    bank_distance,
+    check_size,
+    down_stack,
+    error_reference,
+    latent_bank,
+    recon_nll,
+    up_stack,
+)
 from pipeline.models.output import ModelOutput, single_family
 
 ACTIVE_UNIT_KL = 0.1  # nats (~0.14 bits): a latent dimension carrying less KL than this is inactive

@@ -8,7 +8,6 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-
 FEATURE_CHANNELS = 3  # channels of feature_maps (models/featvae.py FEATURE_MAPS); a head's map has one
 
 

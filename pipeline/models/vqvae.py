@@ -14,8 +14,17 @@ from torch.nn import functional as F
 from pipeline.config import ModelConfig
 from pipeline.errors import UserError
 from pipeline.images import float_batches
-from pipeline.models.blocks import LatentReport, StepOutput, check_size, down_stack, error_reference, recon_nll, up_stack
-from pipeline.models.blocks import bank_distance, latent_bank
+from pipeline.models.blocks import (
+    LatentReport,
+    StepOutput,
+    bank_distance,
+    check_size,
+    down_stack,
+    error_reference,
+    latent_bank,
+    recon_nll,
+    up_stack,
+)
 from pipeline.models.output import ModelOutput, single_family
 
 USAGE_DECAY = 0.9  # EMA over batches of each code's share of assignments; ~10 batches of memory

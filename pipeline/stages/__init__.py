@@ -4,8 +4,16 @@ and logs through pipeline/tracking.py; flows/ wraps them in Prefect tasks, and t
 GPU boxes call them directly."""
 
 from pipeline.stages.calibrate import CalibrateOutcome, calibrate_stage
-from pipeline.stages.score import (ScoreOutcome, ScoringPlan, ShardResult, finish_scoring, plan_scoring, score_shard,
-                                   score_stage, scoring_lock)
+from pipeline.stages.score import (
+                                   ScoreOutcome,
+                                   ScoringPlan,
+                                   ShardResult,
+                                   finish_scoring,
+                                   plan_scoring,
+                                   score_shard,
+                                   score_stage,
+                                   scoring_lock,
+)
 from pipeline.stages.train import TrainOutcome, checkpoint_path, latest_trained_version, train_stage
 
 __all__ = ["CalibrateOutcome", "ScoreOutcome", "ScoringPlan", "ShardResult", "TrainOutcome", "calibrate_stage",

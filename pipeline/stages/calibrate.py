@@ -14,25 +14,20 @@ import torch
 from matplotlib.figure import Figure
 
 from pipeline import plots, tracking
-from pipeline.calibrate import Calibration, calibrate_scores, defect_targets
+from pipeline.calibration import Calibration, calibrate_scores
 from pipeline.config import PanelConfig
-from pipeline.device import pick_device
 from pipeline.defect_type import DefectTypeClassifier, error_features
+from pipeline.device import pick_device
 from pipeline.errors import UserError
 from pipeline.families import routing_accuracy
 from pipeline.files import atomic_write_text
+from pipeline.labels import defect_targets
 from pipeline.promotion import Promotion, gate, promotion
+from pipeline.regions import peak_region
 from pipeline.report import heatmap_overlay
-from pipeline.scoring import ScoreChoice, peak_region
-from pipeline.split_scores import SplitScores, choose_score, score_split, score_val_test
+from pipeline.score_choice import ScoreChoice, SplitScores, choose_score, score_split, score_val_test
 from pipeline.stages.train import latest_trained_version
-from pipeline.workspace import (
-    WorkDirs,
-    dataset_hash,
-    images_per_split,
-    load_crops,
-    load_split,
-)
+from pipeline.workspace import WorkDirs, dataset_hash, images_per_split, load_crops, load_split
 
 
 @dataclass(frozen=True)

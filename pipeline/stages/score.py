@@ -17,7 +17,7 @@ import pandas as pd
 
 from pipeline import tracking
 from pipeline.batch_scoring import score_files
-from pipeline.calibrate import Calibration
+from pipeline.calibration import Calibration
 from pipeline.config import PanelConfig
 from pipeline.device import pick_device
 from pipeline.drift import DriftCheck, check_drift

@@ -14,11 +14,11 @@ from pipeline import tracking
 from pipeline.checkpoint import Checkpointing, read_checkpoint
 from pipeline.config import PanelConfig
 from pipeline.defect_head import with_head
-from pipeline.errors import UserError
 from pipeline.ensemble import member_count, train_members
+from pipeline.errors import UserError
 from pipeline.files import atomic_write_text
 from pipeline.images import to_float
-from pipeline.train import TrainResult, train_model
+from pipeline.training import TrainResult, train_model
 from pipeline.workspace import WorkDirs, dataset_hash, load_crops, load_split, why_no_clean_crops
 
 

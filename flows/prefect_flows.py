@@ -14,7 +14,9 @@ from prefect.states import Completed
 from tqdm.auto import tqdm
 
 from pipeline import stages
-from pipeline.bench import bench_datasets, markdown_table, run_splits
+from pipeline.bench import run_splits
+from pipeline.bench_sets import bench_datasets
+from pipeline.bench_tables import markdown_table
 from pipeline.config import PanelConfig
 from pipeline.datasets.elpv import write_elpv
 from pipeline.errors import is_user_error

@@ -10,22 +10,30 @@ import copy
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pipeline.checkpoint import Checkpointing, read_checkpoint, restore_streams, run_identity, save_checkpoint, stream_states
+from pipeline.batching import device_batch, fits_on, loader, resident_batches
+from pipeline.checkpoint import (
+    Checkpointing,
+    read_checkpoint,
+    restore_streams,
+    run_identity,
+    save_checkpoint,
+    stream_states,
+)
+from pipeline.clean_references import fit_error_reference, fit_latent_bank
 from pipeline.config import ModelConfig, PanelConfig, TrainConfig
 from pipeline.device import pick_device
 from pipeline.errors import UserError
 from pipeline.images import float_batches, to_float
 from pipeline.models import LatentReport, build_model
 from pipeline.models.blocks import squared_error
-from pipeline.scoring import fit_error_reference, fit_latent_bank
 from pipeline.selfcheck import pasted_copies, synthetic_check
 
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -73,47 +81,6 @@ class TrainResult:
         return bool(self.latent and self.latent.collapsed)
 
 
-def _loader(data: torch.Tensor, batch_size: int, generator: torch.Generator | None, device: torch.device,
-            workers: int) -> DataLoader:
-    """Whole batches by fancy indexing (no per-image collate); shuffled when a generator is given."""
-    # The loader's own generator only seeds workers (which draw nothing): keeping its draws off the
-    # global stream makes results independent of the worker count. Workers come from a forkserver:
-    # forking the trainer itself (Prefect and MLflow threads, maybe CUDA) left workers dying on exit.
-    return DataLoader(TensorDataset(data), sampler=_batch_order(len(data), batch_size, generator), batch_size=None,
-                      num_workers=workers, pin_memory=device.type == "cuda",
-                      multiprocessing_context="forkserver" if workers else None,
-                      generator=torch.Generator())
-
-
-def device_batch(tc: TrainConfig, n_train: int, device: torch.device) -> tuple[int, float]:
-    """(batch size, learning rate) for the device. CPU: the configured pair. GPU: a batch as large
-    as the set allows while an epoch keeps at least min_steps steps (so a small set trains exactly
-    as on CPU), at most gpu_batch_size, with the LR scaled by sqrt(batch / batch_size) (Adam)."""
-    if device.type != "cuda":
-        return tc.batch_size, tc.lr
-    batch = int(min(tc.gpu_batch_size, max(tc.batch_size, n_train // tc.min_steps)))
-    return batch, tc.lr * math.sqrt(batch / tc.batch_size)
-
-
-def _batch_order(n: int, batch_size: int, generator: torch.Generator | None) -> BatchSampler:
-    """Index batches over n crops: shuffled when a generator is given, in order otherwise."""
-    order = RandomSampler(range(n), generator=generator) if generator is not None else SequentialSampler(range(n))
-    return BatchSampler(order, batch_size, drop_last=False)
-
-
-def _resident_batches(data: torch.Tensor, batch_size: int, generator: torch.Generator | None) -> Iterator:
-    """Batches of crops already on the GPU, by index (no loader, no host copies), in the order
-    the loader would give."""
-    for idx in _batch_order(len(data), batch_size, generator):
-        yield (data[torch.as_tensor(idx, device=data.device)],)
-
-
-def _fits_on(device: torch.device, *tensors: torch.Tensor) -> bool:
-    """Crops stay on the GPU when they take under a quarter of its free memory."""
-    size = sum(t.numel() * t.element_size() for t in tensors)
-    return device.type == "cuda" and size < torch.cuda.mem_get_info(device)[0] / 4
-
-
 def _epoch_pass(model: nn.Module, loader: DataLoader | torch.Tensor, n_images: int, cfg: PanelConfig, beta: float,
                 device: torch.device, optimizer: torch.optim.Optimizer | None, generator: torch.Generator,
                 order: torch.Generator | None = None, batch_size: int = 0, step: Callable | None = None
@@ -126,7 +93,7 @@ def _epoch_pass(model: nn.Module, loader: DataLoader | torch.Tensor, n_images: i
     step = step or model.training_step
     sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros((), dtype=torch.float64, device=device))
     latent = None
-    batches = _resident_batches(loader, batch_size, order) if isinstance(loader, torch.Tensor) else loader
+    batches = resident_batches(loader, batch_size, order) if isinstance(loader, torch.Tensor) else loader
     for (batch,) in batches:
         x = batch.to(device, non_blocking=True)
         if device.type == "cuda":
@@ -225,11 +192,11 @@ def train_model(train_x: torch.Tensor, val_x: torch.Tensor, cfg: PanelConfig, on
     steps_per_epoch = math.ceil(len(train_x) / batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=tc.epochs)
-    if _fits_on(device, train_in, val_in):  # crops (or features) kept on the GPU: batches by index
+    if fits_on(device, train_in, val_in):  # crops (or features) kept on the GPU: batches by index
         train_loader, val_loader = train_in.to(device), val_in.to(device)
     else:
-        train_loader = _loader(train_in, batch_size, order_rng, device, tc.loader_workers)
-        val_loader = _loader(val_in, batch_size, None, device, tc.loader_workers)
+        train_loader = loader(train_in, batch_size, order_rng, device, tc.loader_workers)
+        val_loader = loader(val_in, batch_size, None, device, tc.loader_workers)
     step = torch.compile(model.training_step) if tc.compile else model.training_step
     identity = run_identity(train_x, val_x, cfg) if checkpoint else {}
     best, best_state, result, stale = float("inf"), None, TrainResult(model=model, device=str(device)), 0

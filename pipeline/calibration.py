@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from scipy.stats import mannwhitneyu
@@ -12,11 +12,8 @@ from sklearn.metrics import average_precision_score, precision_recall_curve, roc
 
 from pipeline.drift import reference_quantiles
 from pipeline.errors import UserError
-from pipeline.labels import OK, is_defect, is_evaluable
-from pipeline.scoring import HEAD_SCORES, ScoreChoice
-
-if TYPE_CHECKING:
-    from pipeline.split_scores import SplitScores
+from pipeline.labels import OK, defect_targets, is_defect
+from pipeline.score_choice import ScoreChoice, SplitScores
 
 
 @dataclass(frozen=True)
@@ -25,16 +22,6 @@ class ThresholdChoice:
     rule: str
     fallback: bool = False  # True when validation had no defects and a clean-score quantile was used
     note: str = ""
-
-
-def defect_targets(labels: np.ndarray) -> np.ndarray:
-    """True for defects, False for ok; any other label is a caller's bug (load_split keeps only
-    evaluable rows): an unlabelled image counted as clean would skew every figure."""
-    labels = [str(label) for label in labels]
-    stray = sorted({label for label in labels if not is_evaluable(label)})
-    if stray:
-        raise ValueError(f"labels {stray} are not evaluable (only {OK!r} and defect classes enter a metric)")
-    return np.array([is_defect(label) for label in labels], dtype=bool)
 
 
 def _max_f1(scores: np.ndarray, y: np.ndarray) -> float:
@@ -144,35 +131,6 @@ def roc_auc_ci(scores: np.ndarray, labels: np.ndarray, rounds: int = BOOTSTRAP_R
     return interval(resampled_roc_aucs(scores, y, bootstrap_indices(y, rounds, seed)), level)
 
 
-MIN_LABELLED_DEFECTS = 10  # fewer labelled val defects: the self-supervised check chooses the score
-# A defect head's score is chosen only when it beats the best error score on labelled val by more
-# than this: scoring with the head costs about one more member (40 vs 70-76 crops/s), so it must win
-# beyond the noise between close candidates (about 0.02 on these val sets, README "How each default
-# was chosen"). Set in session 24 with test figures in view, see benchmarks/HISTORY.md.
-HEAD_MARGIN = 0.02
-
-
-def select_score(val_scores: dict[str, np.ndarray], labels: np.ndarray, synthetic: dict[str, float] | None = None,
-                 default: str = "blur_max") -> str:
-    """The candidate score with the best validation ROC-AUC on the labelled val images; with
-    fewer than MIN_LABELLED_DEFECTS labelled defects (or no clean image), the one best at finding
-    defects pasted on clean val crops (pipeline/selfcheck.py); default when neither is there.
-    The pasted check never picks a defect head's score: the head was trained on defects from the
-    same generator, so the check flatters it (KolektorSDD, session 23: pasted 0.82, real cracks 0.67,
-    where the error scores that reach 0.93 on real cracks score 0.63 on pasted ones). Labelled
-    validation picks a head score only when it wins by more than HEAD_MARGIN."""
-    y = defect_targets(labels)
-    if not y.all() and y.sum() >= MIN_LABELLED_DEFECTS:
-        aucs = {name: roc_auc_score(y, s) for name, s in val_scores.items()}
-        plain = {name: auc for name, auc in aucs.items() if name not in HEAD_SCORES}
-        best = max(aucs, key=aucs.get)
-        if best in HEAD_SCORES and plain and aucs[best] - max(plain.values()) <= HEAD_MARGIN:
-            aucs = plain  # the head does not pay for its scoring time
-    else:
-        aucs = {name: auc for name, auc in (synthetic or {}).items() if name in val_scores and name not in HEAD_SCORES}
-    return max(aucs, key=aucs.get) if aucs else default
-
-
 @dataclass
 class Calibration:
     """What calibration decided and why: written to calibration.json and to model-version tags."""
@@ -229,7 +187,7 @@ def score_table(val: SplitScores, test: SplitScores, choice: ScoreChoice, synthe
 def calibrate_scores(val: SplitScores, test: SplitScores, choice: ScoreChoice, rule: str, fallback_quantile: float,
                      model_name: str, model_version: str, synthetic: dict[str, float] | None = None,
                      families: list[str] | None = None) -> Calibration:
-    """The threshold for the score chosen on val (split_scores.choose_score), chosen on val; val and
+    """The threshold for the score chosen on val (choose_score), chosen on val; val and
     test metrics at it. synthetic: each candidate's self-supervised check on clean val crops,
     reported beside its labelled figures. families: family name per model index."""
     synthetic = synthetic or {}
