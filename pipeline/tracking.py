@@ -134,11 +134,14 @@ def log_families(classifier: FamilyClassifier | None) -> None:
 
 
 def load_families(model_name: str, version: str) -> list[str]:
-    """Family name per model index ([] for one shared model, or versions from before families)."""
-    try:
-        return list(load_run_json(version_run_id(model_name, version), FAMILIES_ARTIFACT)["families"])
-    except (MlflowException, OSError, KeyError):
-        return []
+    """Family name per model index ([] for one shared model). Every trained version logs
+    families.json; one without it is not calibrated as if it had one family (its router would be
+    ignored): that is one line. An MLflow or disk failure is raised as it is, so a retry can help."""
+    run_id = version_run_id(model_name, version)
+    if FAMILIES_ARTIFACT not in {a.path for a in MlflowClient().list_artifacts(run_id)}:
+        raise UserError(f"{model_name} version {version} has no {FAMILIES_ARTIFACT}: it was not registered by "
+                        "`panelscan train`; retrain it")
+    return list(load_run_json(run_id, FAMILIES_ARTIFACT)["families"])
 
 
 def _signature(model: nn.Module, example: torch.Tensor) -> ModelSignature:
@@ -253,8 +256,10 @@ def score_table_markdown(calibration: Calibration) -> str:
 def current_version(model_name: str, alias: str) -> str | None:
     try:
         return str(MlflowClient().get_model_version_by_alias(model_name, alias).version)
-    except MlflowException:
-        return None
+    except MlflowException as exc:  # no such model or alias: none yet; anything else (a store down) is raised
+        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
 
 
 def set_alias(model_name: str, version: str, alias: str, reason: str) -> None:
