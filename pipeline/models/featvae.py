@@ -44,12 +44,17 @@ def greedy_coreset(patches: torch.Tensor, rows: int, seed: int) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     dims = min(CORESET_DIMS, patches.shape[1])
     projected = patches.float() @ torch.randn(patches.shape[1], dims, generator=generator) / dims**0.5
-    picked = [int(torch.randint(len(patches), (1,), generator=generator))]
-    nearest = (projected - projected[picked[0]]).pow(2).sum(dim=1)
-    for _ in range(rows - 1):
-        picked.append(int(nearest.argmax()))
-        nearest = torch.minimum(nearest, (projected - projected[picked[-1]]).pow(2).sum(dim=1))
-    return torch.tensor(picked)
+    # |a - b|^2 = |a|^2 - 2 a.b + |b|^2: one matrix-vector product a pick, no (N, dims) temporary
+    norms = projected.pow(2).sum(dim=1)
+    picked = torch.empty(rows, dtype=torch.long)
+    picked[0] = int(torch.randint(len(patches), (1,), generator=generator))
+    nearest = torch.full((len(patches),), float("inf"))
+    for k in range(rows):
+        if k:
+            picked[k] = nearest.argmax()
+        centre = projected[picked[k]]
+        torch.minimum(nearest, norms - 2 * (projected @ centre) + norms[picked[k]], out=nearest)
+    return picked
 
 
 def nearest_patch_distance(patches: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
