@@ -107,12 +107,12 @@ def test_user_errors_reach_the_console_as_one_line_without_traceback(tmp_path: P
 def test_a_path_that_does_not_exist_is_an_error_before_any_flow_runs(tmp_path: Path, monkeypatch, capsys,
                                                                       argv: list[str], message: str):
     """No wait for Prefect's temporary server to learn of a typo: no flow is started at all."""
-    from flows import cli, stages
+    from flows import cli, prefect_flows
 
     def no_flow(*args, **kwargs):
         raise AssertionError("a flow ran")
     for name in ("ingest_flow", "pipeline_flow", "nightly_flow"):
-        monkeypatch.setattr(stages, name, no_flow)
+        monkeypatch.setattr(prefect_flows, name, no_flow)
     assert cli.main([a.format(tmp=tmp_path) for a in argv]) == 2
     assert capsys.readouterr().err.strip() == f"panelscan {argv[0]}: error: {message.format(tmp=tmp_path)}"
 
@@ -204,6 +204,7 @@ def test_environment_errors_are_one_line_and_not_retried():
     assert is_user_error(UserError("x")) and not is_user_error(RuntimeError("worker lost"))
 
 
+@pytest.mark.slow
 def test_ten_thousand_fuzzed_files_never_crash_the_run(tmp_path: Path):
     """Byte flips, cuts, splices and junk in PNG, JPEG, TIFF, GIF, BMP and WebP files (this found
     torchvision's PNG decoder killing the process): each file is accepted or quarantined, once."""
