@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATE ?= $(shell date +%F)
 
-.PHONY: install demo elpv test test-all clean-demo
+.PHONY: install demo elpv test clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,9 +34,6 @@ elpv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
-
-test-all: $(STAMP)
-	$(BIN)/pytest -m ""
 
 clean-demo:
 	rm -rf data/raw data/inbox data/processed data/quarantine data/reports data/calibration.json data/latest_train.json mlruns/mlflow.db mlruns/artifacts

@@ -13,7 +13,7 @@ import sys
 import typing
 from pathlib import Path
 
-from pipeline.config import ModelConfig, PanelConfig, cli_options
+from pipeline.config import ModelConfig, PanelConfig, cli_options, settings_reference
 from pipeline.errors import ENVIRONMENT_ERRNOS, UserError, is_user_error, one_line
 
 
@@ -133,6 +133,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", help="... with this labels CSV (default: <raw>/labels.csv)")
     p.add_argument("--config", type=Path, help="JSON file overriding config defaults")
     _add_settings(p, "score", only=("device",))
+    p = sub.add_parser("settings", help="every setting with its value (defaults, or as a --config file sets them)")
+    p.add_argument("--config", type=Path, help="JSON file overriding config defaults")
     p = sub.add_parser("pipeline", help="ingest -> train -> calibrate -> promote")
     p.add_argument("--raw", default="data/raw")
     p.add_argument("--labels")
@@ -201,6 +203,8 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def run(args: argparse.Namespace) -> str:
     """Run the flow for args.command; returns the line to print."""
+    if args.command == "settings":  # no flow: nothing runs, nothing to wait for
+        return settings_reference(PanelConfig.load(args.config)).rstrip()
     cfg = build_config(args) if args.command not in ("synth", "elpv") else None
     check_inputs(args)
     from flows import prefect_flows as f  # Prefect import is slow: only after the arguments are checked

@@ -225,12 +225,14 @@ def cli_options(section: str) -> Iterator[CliOption]:
                         str if choices else type(f.default), choices, f.default, f.metadata["help"])
 
 
-def settings_reference() -> str:
-    """Every setting as a Markdown table (the README's settings reference is this text)."""
-    rows = ["| setting | default | option | what it does |", "|---|---|---|---|"]
+def settings_reference(cfg: PanelConfig | None = None) -> str:
+    """Every setting as a Markdown table, with its value in cfg (the defaults when None: the
+    README's settings reference is this text; `panelscan settings` prints it)."""
+    cfg = cfg or PanelConfig()
+    rows = [f"| setting | {'default' if cfg == PanelConfig() else 'value'} | option | what it does |", "|---|---|---|---|"]
     for section in (f.name for f in dataclasses.fields(PanelConfig)):
-        for f in dataclasses.fields(type(getattr(PanelConfig(), section))):
+        for f in dataclasses.fields(type(getattr(cfg, section))):
             flag = (f.metadata["flag"] or f"--{f.name.replace('_', '-')}") if f.metadata.get("cli") else ""
-            default = json.dumps(f.default, ensure_ascii=False)
+            default = json.dumps(getattr(getattr(cfg, section), f.name), ensure_ascii=False)
             rows.append(f"| `{section}.{f.name}` | `{default}` | {f'`{flag}`' if flag else ''} | {f.metadata['help']} |")
     return "\n".join(rows) + "\n"
