@@ -74,3 +74,14 @@ def champion(synth_raw: Path, tmp_path: Path):
     train_stage(work, cfg, progress=False)
     calibrate_stage(work, cfg)
     return work, cfg
+
+
+@pytest.fixture()
+def small_patchcore(monkeypatch):
+    """PatchCore at a test's scale: 128 px backbone input, a 256-row coreset from 4,000 patches
+    (the harness tests check schema and splits; test_backbone.py checks PatchCore at full size)."""
+    from pipeline import baselines
+
+    monkeypatch.setattr(baselines, "PATCHCORE_SIDE", 128)
+    monkeypatch.setattr(baselines, "PATCH_BANK_ROWS", 256)
+    monkeypatch.setattr(baselines, "CORESET_POOL", 4000)

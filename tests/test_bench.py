@@ -19,6 +19,8 @@ from pipeline.errors import UserError
 from pipeline.scoring import score_names
 from tests.conftest import small_config
 
+pytestmark = pytest.mark.usefixtures("small_patchcore")
+
 
 def _box_masks(raw: Path, out: Path) -> dict[str, Path]:
     """A mask per defect frame: white over the true defect box the generator recorded."""

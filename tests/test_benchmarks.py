@@ -6,6 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.usefixtures("small_patchcore")
+
 
 def test_gpu_benchmark_cpu_mode_measures_both_models_and_agrees_with_the_eager_model(tmp_path: Path):
     import benchmarks.gpu as gpu
