@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 from pathlib import Path
 
 import pytest
@@ -10,13 +11,35 @@ import pytest
 from pipeline.config import PanelConfig
 from pipeline.synth import generate
 
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):  # pytest -n N: the cores shared out, not each worker taking all
+    import torch
+
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def prefect_server():
+    """One temporary Prefect server (own SQLite database) for the whole test session: flows run in
+    tests and `panelscan` processes that tests start (PREFECT_API_URL) report to it, instead of each
+    process starting and migrating a temporary server of its own (10-15 s each)."""
+    import prefect.settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=300):
+        before = os.environ.get("PREFECT_API_URL")
+        os.environ["PREFECT_API_URL"] = prefect.settings.PREFECT_API_URL.value()
+        yield
+        if before is None:
+            os.environ.pop("PREFECT_API_URL")
+        else:
+            os.environ["PREFECT_API_URL"] = before
+
 
 @pytest.fixture(autouse=True)
 def isolated_stores(tmp_path, monkeypatch):
     """Never write into the user's ~/.prefect or the repo's mlruns/."""
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path / ".prefect"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    monkeypatch.setenv("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # CI boxes can be busy
     monkeypatch.chdir(tmp_path)
 
 
@@ -79,7 +102,7 @@ def champion(synth_raw: Path, tmp_path: Path):
 @pytest.fixture()
 def small_patchcore(monkeypatch):
     """PatchCore at a test's scale: 128 px backbone input, a 256-row coreset from 4,000 patches
-    (the harness tests check schema and splits; test_backbone.py checks PatchCore at full size)."""
+    (what the tests check holds at that scale; `panelscan bench` runs the full size)."""
     from pipeline import baselines
 
     monkeypatch.setattr(baselines, "PATCHCORE_SIDE", 128)

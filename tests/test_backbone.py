@@ -110,7 +110,7 @@ def test_the_pixel_vae_stays_one_setting_away():
     assert type(build_model(ModelConfig(latent_dim=8, channels=(8, 16)), 32)).__name__ == "ConvVAE"
 
 
-def test_the_patchcore_baseline_fitted_on_clean_panels_finds_pasted_defects(clean_panels):
+def test_the_patchcore_baseline_fitted_on_clean_panels_finds_pasted_defects(clean_panels, small_patchcore):
     train, held_out = clean_panels
     pasted = pasted_copies(held_out, seed=0)
     scores = baseline_scores(train, {"clean": held_out, "pasted": pasted}, seed=0)["patchcore"]

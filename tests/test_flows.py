@@ -1,4 +1,4 @@
-"""End to end on a tiny synthetic set: the real Prefect flows (test harness) and a temp MLflow store."""
+"""End to end on a tiny synthetic set: the real Prefect flows (the session's test server) and a temp MLflow store."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
-from prefect.testing.utilities import prefect_test_harness
 
 from pipeline import tracking
 from pipeline.crop import box_iou
@@ -30,14 +29,13 @@ def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys)
     inbox = tmp_path / "inbox"
     generate(inbox, n=16, seed=99)
     (inbox / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    with prefect_test_harness(server_startup_timeout=120):
-        # before any model exists, scoring fails with one clear line and a non-zero exit code
-        assert main(["score", "--raw", str(inbox), "--workdir", str(tmp_path / "work")]) == 2
-        error = capsys.readouterr().err.strip().splitlines()[-1]
-        assert error.startswith("panelscan score: error:") and "no version with alias 'champion'" in error
-        outcome = pipeline_flow(str(synth_raw), str(synth_raw / "labels.csv"), str(tmp_path / "work"), cfg)
-        first = score_flow(str(inbox), str(tmp_path / "work"), cfg, day="2026-01-02")
-        again = score_flow(str(inbox), str(tmp_path / "work"), cfg, day="2026-01-02")
+    # before any model exists, scoring fails with one clear line and a non-zero exit code
+    assert main(["score", "--raw", str(inbox), "--workdir", str(tmp_path / "work")]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("panelscan score: error:") and "no version with alias 'champion'" in error
+    outcome = pipeline_flow(str(synth_raw), str(synth_raw / "labels.csv"), str(tmp_path / "work"), cfg)
+    first = score_flow(str(inbox), str(tmp_path / "work"), cfg, day="2026-01-02")
+    again = score_flow(str(inbox), str(tmp_path / "work"), cfg, day="2026-01-02")
 
     # calibration + promotion
     cal = outcome.calibration

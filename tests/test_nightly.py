@@ -10,17 +10,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from prefect.testing.utilities import prefect_test_harness
 
 from pipeline.errors import UserError
 from pipeline.inbox import arrived_on
 from pipeline.synth import generate
-
-
-@pytest.fixture(scope="module")
-def harness():
-    with prefect_test_harness(server_startup_timeout=120):
-        yield
 
 
 def _report(day_dir: Path) -> pd.DataFrame:
@@ -45,7 +38,7 @@ def test_arrivals_by_day_folder_or_by_modification_time_in_the_site_timezone(tmp
         arrived_on(tmp_path / "nowhere", date(2026, 5, 1))
 
 
-def test_nightly_without_a_champion_fails_with_a_clear_reason(harness, tmp_path: Path):
+def test_nightly_without_a_champion_fails_with_a_clear_reason(tmp_path: Path):
     from flows.prefect_flows import nightly_flow
 
     generate(tmp_path / "inbox" / "2026-05-01", n=2, seed=3)
@@ -55,7 +48,7 @@ def test_nightly_without_a_champion_fails_with_a_clear_reason(harness, tmp_path:
         state.result()
 
 
-def test_nightly_scores_only_the_days_images_and_dask_shards_match(harness, champion, tmp_path: Path):
+def test_nightly_scores_only_the_days_images_and_dask_shards_match(champion, tmp_path: Path):
     from flows.prefect_flows import nightly_flow, on_dask
 
     work, cfg = champion
@@ -77,7 +70,7 @@ def test_nightly_scores_only_the_days_images_and_dask_shards_match(harness, cham
     assert single[columns].equals(dask[columns])
 
 
-def test_a_drifted_night_completes_with_the_drift_in_its_state_message(harness, champion, tmp_path: Path):
+def test_a_drifted_night_completes_with_the_drift_in_its_state_message(champion, tmp_path: Path):
     from flows.prefect_flows import nightly_flow
     from tests.test_drift import _brighten
 
