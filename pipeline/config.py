@@ -188,15 +188,6 @@ class PanelConfig:
         return cls(**kwargs)
 
     @classmethod
-    def from_stored(cls, data: dict[str, Any]) -> "PanelConfig":
-        """A config stored with a registered version: settings it predates mean what the code
-        did before they existed (ABSENT_MEANT), not today's defaults."""
-        data = {section: dict(values) for section, values in data.items()}
-        for section, meant in ABSENT_MEANT.items():
-            data[section] = meant | data.get(section, {})
-        return cls.from_dict(data)
-
-    @classmethod
     def load(cls, path: Path | None) -> "PanelConfig":
         """Defaults, overridden by a JSON file when given."""
         if path is None:
@@ -205,11 +196,6 @@ class PanelConfig:
             return cls.from_dict(json.loads(Path(path).read_text()))
         except (OSError, ValueError, TypeError) as exc:
             raise UserError(f"{path}: invalid config: {exc}") from exc
-
-
-# Settings added after versions were registered, and what a stored config without them meant.
-ABSENT_MEANT: dict[str, dict[str, Any]] = {"ingest": {"auto_tile_aspect": 0.0}, "model": {"head_steps": 0},
-                                           "train": {"select_by": "recon"}}
 
 
 def cli_options(section: str) -> Iterator[CliOption]:

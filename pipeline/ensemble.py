@@ -33,7 +33,7 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         outs = [ModelOutput.of(member(x)) for member in self.members]
-        knn = None if outs[0].latent_knn is None else torch.stack([o.latent_knn for o in outs]).mean(dim=0)
+        knn = torch.stack([o.latent_knn for o in outs]).mean(dim=0)
         features = None if outs[0].feature_maps is None else torch.stack([o.feature_maps for o in outs]).mean(dim=0)
         return ModelOutput(torch.cat([o.recon for o in outs], dim=1),
                            torch.stack([o.latent_score for o in outs]).mean(dim=0),

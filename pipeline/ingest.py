@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from pipeline.config import ABSENT_MEANT, IngestConfig
+from pipeline.config import IngestConfig
 from pipeline.crop import Box, CropError, crop_resize, panel_box, tile_boxes, tile_side
 from pipeline.errors import UserError
 from pipeline.files import atomic_write_csv, atomic_write_text, sha256_bytes, sha256_file
@@ -196,7 +196,6 @@ def check_preprocessing(dirs: WorkDirs, cfg: IngestConfig) -> None:
     if not dirs.preprocessing.exists():
         return
     stored, wanted = json.loads(dirs.preprocessing.read_text()), preprocessing(cfg)
-    stored = ABSENT_MEANT["ingest"] | stored  # recorded before a field existed: what it meant then
     changed = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
     if changed:
         detail = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in changed.items())

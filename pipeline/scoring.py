@@ -155,9 +155,9 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
         "dark_norm_area_max": lambda: _member_max(blur(-residual / _floored(out.error_ref, cfg.dark_norm_eps).sqrt(),
                                                        cfg.dark_norm_sigma)),
         kind.latent_score_name: lambda: kind.latent_score(x, out, model_cfg),
-        # a version registered before the bank has none: a constant, which validation never picks
-        LATENT_KNN: lambda: out.latent_knn if out.latent_knn is not None else torch.zeros(len(x), device=x.device),
     }
+    if out.latent_knn is not None:
+        makers[LATENT_KNN] = lambda: out.latent_knn
     head_heat = None
     if out.anomaly_map is not None:  # the head says where defects are better than raw error does
         head_heat = blur(out.anomaly_map, cfg.heatmap_sigma) if keep_heatmaps else None
@@ -228,11 +228,8 @@ def fit_score_scale(scores: dict[str, np.ndarray], family: np.ndarray, clean: np
 def scaled_scores(scores: dict[str, np.ndarray], family: np.ndarray,
                   scale: dict[str, list[float]]) -> dict[str, np.ndarray]:
     """Every raw score over its family's clean median, plus the combined scores whose parts are
-    there: the candidates calibration chooses from. Without a scale (calibrations before
-    families), the raw scores; a score the scale lacks (added after that calibration, so never its
-    choice) is left out."""
-    if not scale:
-        return dict(scores)
+    there: the candidates calibration chooses from. A score the scale lacks (added to panelscan
+    after that calibration, so never its choice) is left out."""
     out = {name: values / np.asarray(scale[name])[family] for name, values in scores.items() if name in scale}
     for name, parts in COMBINED.items():
         if all(part in out for part in parts):

@@ -209,7 +209,7 @@ def load_run_json(run_id: str, artifact: str) -> dict[str, Any]:
 
 
 def load_config(model_name: str, version: str) -> PanelConfig:
-    return PanelConfig.from_stored(load_run_json(version_run_id(model_name, version), CONFIG_ARTIFACT))
+    return PanelConfig.from_dict(load_run_json(version_run_id(model_name, version), CONFIG_ARTIFACT))
 
 
 def load_calibration(model_name: str, version: str) -> Calibration:

@@ -114,7 +114,6 @@ def test_scores_are_scaled_per_family_so_families_compare():
     assert scaled["dark_knn_mean"].tolist() == [1.0, 1.0, 3.0, 1.0, 1.0, 1.5]
     without_knn = scaled_scores({k: raw[k] for k in ("dark_area_max", "norm_blur_max")}, family, scale)
     assert "dark_knn_mean" not in without_knn and "dark_norm_mean" in without_knn  # only whole pairs combine
-    assert scaled_scores(raw, family, {}) == raw  # calibrations from before families: raw scores
 
 
 def test_pipeline_trains_one_model_per_family_and_reports_each_images_family(two_family_raw: Path, synth_raw: Path,

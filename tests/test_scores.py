@@ -85,27 +85,6 @@ def test_area_blur_works_on_maps_smaller_than_its_kernel() -> None:
     assert out.shape == tiny.shape and torch.isfinite(out).all() and out.max() < 1.0
 
 
-@pytest.mark.parametrize("kept", [3, 4], ids=["before families", "before the latent bank"])
-def test_a_model_registered_earlier_still_scores_as_before(kept):
-    """Champions exported before families return three tensors, before the latent bank four; the
-    gate and nightly scoring must still score them (every image family 0 for the first) with the
-    same scores as before, and latent_knn, which they cannot give, the same for every image."""
-    from pipeline.models import build_model
-    from pipeline.scoring import LATENT_KNN, score_crops
-
-    model = build_model(ModelConfig(latent_dim=8, channels=(8, 16)), 32).eval()
-
-    class Older(torch.nn.Module):
-        def forward(self, x):
-            return tuple(model(x))[:kept]
-
-    crops = (torch.rand(5, 1, 32, 32) * 255).to(torch.uint8)
-    old, new = (score_crops(m, crops, ScoreConfig(), ModelConfig()) for m in (Older(), model))
-    assert old.family.tolist() == [0] * 5
-    assert all(np.array_equal(old.scores[k], new.scores[k]) for k in new.scores if k != LATENT_KNN)
-    assert np.ptp(old.scores[LATENT_KNN]) == 0
-
-
 def test_a_one_pixel_wide_crack_keeps_its_full_score_while_its_heatmap_shows_an_area() -> None:
     """Thin cracks (KolektorSDD, a 2-px crack in a 500-px tile) vanish under a score blur; with
     score.blur_sigma 0 the score keeps them while the map people read stays blurred

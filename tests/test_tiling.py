@@ -28,19 +28,6 @@ def test_long_frames_are_tiled_in_squares_of_their_short_side():
     assert tile_side(long_frame, 128, 1.5) == 128 and tile_side(long_frame, 0, 0.0) == 0  # explicit tile; off
 
 
-def test_a_workdir_from_before_auto_tiling_is_read_as_untiled_and_says_how_to_go_on(synth_raw: Path, tmp_path: Path):
-    import json
-
-    old_way = IngestConfig(image_size=32, auto_tile_aspect=0.0)
-    ingest(synth_raw, tmp_path / "w", synth_raw / "labels.csv", old_way)
-    record = WorkDirs(tmp_path / "w").preprocessing
-    old = {k: v for k, v in json.loads(record.read_text()).items() if k != "auto_tile_aspect"}
-    record.write_text(json.dumps(old))  # as written before the setting existed: no auto tiling
-    ingest(synth_raw, tmp_path / "w", synth_raw / "labels.csv", old_way)  # the same way: accepted
-    with pytest.raises(ValueError, match=r"auto_tile_aspect: 0.0 -> 1.5.*set them back"):
-        ingest(synth_raw, tmp_path / "w", synth_raw / "labels.csv", IngestConfig(image_size=32))
-
-
 def test_tiles_cover_the_box_with_overlap_and_flush_edges():
     boxes = tile_boxes((10, 20, 310, 220), tile=128, overlap=0.25)
     covered = np.zeros((240, 320), bool)

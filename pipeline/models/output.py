@@ -22,7 +22,7 @@ class ModelOutput(NamedTuple):
     family: torch.Tensor  # (B,) int64 index of the family model that scored the image; 0 without families
     anomaly_map: torch.Tensor | None = None  # (B, 1, S, S) defect probability from a defect head; None without
     # (B,) distance of the latent code to the nearest clean training code (models/blocks.py:
-    # bank_distance); None from a version registered before the bank
+    # bank_distance); every model has one, None only in a hand-built output
     latent_knn: torch.Tensor | None = None
     # (B, 3, S, S) a feature-space model's maps (models/featvae.py FEATURE_MAPS: squared error,
     # 1 - cosine, nearest clean patch), upsampled to the crop; None from a pixel model
@@ -37,13 +37,9 @@ class ModelOutput(NamedTuple):
     def of(cls, outputs: Sequence[torch.Tensor]) -> "ModelOutput":
         """Any model's outputs, named: ours, or the registry copy's plain tuple (recon, latent score,
         error reference, family, then the optional ones present: the head's map (4-D, one channel),
-        latent_knn (1-D) and the feature maps (4-D, FEATURE_CHANNELS channels)), or a version
-        registered before families (three tensors: every image is family 0)."""
+        latent_knn (1-D) and the feature maps (4-D, FEATURE_CHANNELS channels))."""
         if isinstance(outputs, cls):
             return outputs
-        if len(outputs) == 3:
-            recon = outputs[0]
-            return cls(*outputs, torch.zeros(recon.shape[0], dtype=torch.long, device=recon.device))
         recon, latent, error_ref, family, *optional = outputs
         maps = [t for t in optional if t.ndim == 4 and t.shape[1] != FEATURE_CHANNELS]
         features = [t for t in optional if t.ndim == 4 and t.shape[1] == FEATURE_CHANNELS]
