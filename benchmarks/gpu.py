@@ -94,7 +94,7 @@ def end_to_end_speed(model: torch.nn.Module, cfg: PanelConfig, n: int, folder: P
     scores = score_crops(model, torch.stack([c.pixels for c in crops]), cfg.score, cfg.model, keep_heatmaps=False)
     calibration = Calibration(model_name="bench", model_version="0", score_name="norm_blur_max",
                               threshold=float(np.median(scores.scores["norm_blur_max"])), rule="fixed",
-                              fallback=False, note="", val={}, test={})
+                              fallback=False, note="", val={}, test={}, score_scale={"norm_blur_max": [1.0]})
     committed: list[tuple[int, float]] = []
     start = time.perf_counter()
     n_scored, _ = score_files(paths, lambda: model, cfg, calibration, folder, lambda rows, heatmaps: None,

@@ -159,7 +159,7 @@ class Calibration:
 
     @property
     def score_label(self) -> str:
-        """The deciding score as people read it: "norm_blur_max" or "mono: norm_blur_max, poly: elbo"."""
+        """The deciding score as people read it: "norm_blur_max" or "mono: dark_norm_area_max, poly: dark_knn_mean"."""
         return self.choice.describe(self.families)
 
     def to_dict(self) -> dict[str, Any]:

@@ -126,7 +126,6 @@ class ScoreConfig:
     area_sigma: float = setting(8.0, "blur of dark_area_max's signed residual")
     dark_norm_sigma: float = setting(4.0, "blur of dark_norm_area_max's normalised signed residual")
     dark_norm_eps: float = setting(0.1, "dark_norm_area_max: floor of the clean error, as a share of its mean")
-    topk_frac: float = setting(0.01, "share of pixels topk_mean averages")
     norm_eps: float = setting(0.5, "norm_blur_max divides by clean error + this share of its mean")
     batch_size: int = setting(64, "crops per forward pass")
     batch_images: int = setting(256, "most images per ledger commit (the most a crash makes a re-run redo)")

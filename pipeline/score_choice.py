@@ -109,7 +109,7 @@ class ScoreChoice:
         return any(name in HEAD_SCORES for name in (self.name, *self.per_family))
 
     def describe(self, families: Sequence[str] = ()) -> str:
-        """`name`, or each family's score ("mono: norm_blur_max, poly: elbo")."""
+        """`name`, or each family's score ("mono: dark_norm_area_max, poly: dark_knn_mean")."""
         if not self.per_family:
             return self.name
         labels = list(families) or [f"family {k}" for k in range(len(self.per_family))]

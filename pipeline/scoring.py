@@ -27,8 +27,7 @@ from pipeline.models import FeatureVAE, ModelOutput, latent_score_name, model_ki
 # images show defects dark). Validation decides whether they beat the unsigned ones.
 # dark_norm_area_max is the same signed residual in units of the clean RMS error at each pixel (a
 # z-score of darkness): busbars and edges that always reconstruct worse count for less.
-MAP_SCORES = ("mse", "topk_mean", "blur_max", "norm_blur_max", "dark_blur_max", "dark_area_max",
-              "dark_norm_area_max")
+MAP_SCORES = ("blur_max", "norm_blur_max", "dark_blur_max", "dark_area_max", "dark_norm_area_max")
 # From the model's latent code: its distance to the nearest clean training code (each
 # family's model keeps its own bank). It sees what is unlike every clean panel as a whole even
 # where clean pixel error is high all over (ELPV's poly cells).
@@ -60,7 +59,8 @@ def score_names(model_type: str, head: bool = False, features: bool = False) -> 
     for a feature-space model (features), its feature-map scores, KL, latent distance and combined ones."""
     if features:
         return (*FEATURE_SCORES, FeatureVAE.latent_score_name, LATENT_KNN, *FEATURE_COMBINED)
-    return (*MAP_SCORES, latent_score_name(model_type), LATENT_KNN, *(HEAD_SCORES if head else ()), *PIXEL_COMBINED)
+    latent = latent_score_name(model_type)
+    return (*MAP_SCORES, *([latent] if latent else []), LATENT_KNN, *(HEAD_SCORES if head else ()), *PIXEL_COMBINED)
 
 
 def config_score_names(cfg: ModelConfig) -> tuple[str, ...]:
@@ -138,15 +138,11 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
     # taken per member, then averaged over the members.
     residual = x - out.recon
     error = residual.pow(2)  # (B, members, S, S)
-    flat = error.flatten(2)
-    k = max(1, int(round(cfg.topk_frac * flat.shape[2])))
     normalised = error / _floored(out.error_ref, cfg.norm_eps)
     # the same error as norm_blur_max, smoothed to show areas; not made when no map is kept
     heat = blur(normalised, cfg.heatmap_sigma) if keep_heatmaps else None
     kind = model_kind(model_cfg)
     makers: dict[str, Callable[[], torch.Tensor]] = {
-        "mse": lambda: flat.mean(dim=2).mean(dim=1),
-        "topk_mean": lambda: flat.topk(k, dim=2).values.mean(dim=2).mean(dim=1),
         "blur_max": lambda: _member_max(blur(error, cfg.blur_sigma)),
         "norm_blur_max": lambda: _member_max(_score_blur(normalised, heat, cfg)),
         "dark_blur_max": lambda: _member_max(blur(-residual, cfg.blur_sigma)),
@@ -154,8 +150,9 @@ def score_maps(x: torch.Tensor, out: ModelOutput, cfg: ScoreConfig, model_cfg: M
         # the residual in units of the clean RMS error at that pixel
         "dark_norm_area_max": lambda: _member_max(blur(-residual / _floored(out.error_ref, cfg.dark_norm_eps).sqrt(),
                                                        cfg.dark_norm_sigma)),
-        kind.latent_score_name: lambda: kind.latent_score(x, out, model_cfg),
     }
+    if kind.latent_score_name:
+        makers[kind.latent_score_name] = lambda: kind.latent_score(x, out, model_cfg)
     if out.latent_knn is not None:
         makers[LATENT_KNN] = lambda: out.latent_knn
     head_heat = None

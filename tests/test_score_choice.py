@@ -16,7 +16,7 @@ from pipeline.report import report_rows
 from pipeline.score_choice import MIN_LABELLED_DEFECTS, ScoreChoice, SplitScores, choose_score, select_score
 from pipeline.scoring import ScoredBatch
 
-A, B = "norm_blur_max", "elbo"
+A, B = "norm_blur_max", "latent_knn"
 
 
 def _split(n_per_family: int = 120, defects: tuple[int, int] = (30, 30), seed: int = 0) -> SplitScores:

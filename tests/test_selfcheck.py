@@ -66,7 +66,7 @@ def test_training_keeps_the_epoch_best_at_finding_pasted_defects(monkeypatch):
 
     def check(model, clean, pasted, cfg):
         weights.append(copy.deepcopy(model.encoder[0][0].weight.detach()))
-        return {"norm_blur_max": next(aucs), "mse": 0.5}
+        return {"norm_blur_max": next(aucs), "blur_max": 0.5}
 
     monkeypatch.setattr(train_module, "synthetic_check", check)
     data = _clean_panels(96)

@@ -44,8 +44,9 @@ def build_model(cfg: ModelConfig, image_size: int) -> nn.Module:
     return model_kind(cfg)(cfg, image_size)
 
 
-def latent_score_name(model_type: str) -> str:
-    """Name of the score built from the model's latent output (elbo, codebook_dist)."""
+def latent_score_name(model_type: str) -> str | None:
+    """Name of the score built from the model's latent output (the VQ-VAE's codebook_dist; the
+    ConvVAE has none)."""
     return model_class(model_type).latent_score_name
 
 

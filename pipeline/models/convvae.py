@@ -54,7 +54,7 @@ class ConvVAE(nn.Module):
 
     uses_beta = True
     default_channels = (32, 64, 128, 128)  # an 8x8 grid at 128 px before the dense latent
-    latent_score_name = "elbo"
+    latent_score_name = None  # its ELBO was a candidate no data set picked (benchmarks/HISTORY.md)
 
     def __init__(self, cfg: ModelConfig, image_size: int, in_channels: int = 1) -> None:
         super().__init__()
@@ -113,12 +113,6 @@ class ConvVAE(nn.Module):
             mu, logvar = self.encode(x)
             total += kl_per_dim(mu, logvar).sum(dim=0)
         return kl_report((total / max(1, len(clean))).tolist())
-
-    @staticmethod
-    def latent_score(x: torch.Tensor, out: ModelOutput, cfg: ModelConfig) -> torch.Tensor:
-        """Negative ELBO per image in nats (up to a constant), with the recon likelihood it trained with;
-        an ensemble's (one recon channel per member, its KL the members' mean): the members' mean."""
-        return recon_nll(x, out.recon, cfg.recon_loss, cfg.recon_sigma) / out.recon.shape[1] + out.latent_score
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """Inference pass (what the logged model exports): reconstruction from μ, KL per image,
