@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DATE ?= $(shell date +%F)
 
-.PHONY: install demo elpv test clean-demo
+.PHONY: install demo elpv test browser-test clean-demo
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,12 @@ elpv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The gallery's review in a real browser: Debian's Chromium (root, apt) and Playwright to drive it.
+browser-test: $(STAMP)
+	command -v chromium >/dev/null || apt-get install -y chromium
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[test,browser]"
+	$(BIN)/pytest -m browser -n 0
 
 clean-demo:
 	rm -rf data/raw data/inbox data/processed data/quarantine data/reports data/calibration.json data/latest_train.json mlruns/mlflow.db mlruns/artifacts

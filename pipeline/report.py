@@ -38,9 +38,19 @@ def heatmap_overlay(crop: torch.Tensor, heat: torch.Tensor, region: tuple[int, i
     return image
 
 
+# Unflagged images scoring at least this share of the threshold get a heatmap too: the gallery
+# offers them for review (the ones most worth a look besides the flagged).
+NEAR_THRESHOLD = 0.9
+
+
+def crop_image_path(heatmap_path: str) -> str:
+    """The crop as the model saw it, beside its overlay: heatmaps/<id>.png -> heatmaps/<id>.crop.png."""
+    return heatmap_path.removesuffix(".png") + ".crop.png"
+
+
 @dataclass(frozen=True)
 class Heatmap:
-    """A flagged image's overlay, to be written under the day's report folder."""
+    """A flagged or near-threshold image's overlay, to be written under the day's report folder."""
 
     path: str  # relative to the day's folder: heatmaps/<crop id>.png
     crop: torch.Tensor  # uint8 (1, S, S)
@@ -49,7 +59,9 @@ class Heatmap:
 
 
 def write_heatmaps(day_dir: Path, heatmaps: list[Heatmap]) -> None:
+    """Each image's overlay and its plain crop (what the gallery shows side by side)."""
     for h in heatmaps:
+        write_png(Path(day_dir) / crop_image_path(h.path), h.crop)
         write_png(Path(day_dir) / h.path, heatmap_overlay(h.crop, h.heat, h.region))
 
 
@@ -57,19 +69,20 @@ def report_rows(crops: list[Crop], scored: ScoredBatch, calibration: Calibration
                 region_size_frac: float) -> tuple[list[dict], list[Heatmap]]:
     """One row per image, from its highest-scoring crop (tile): score, region, heatmap path and, for
     flagged images, the suspected defect type (when calibration had labelled defects); and the
-    heatmaps of the flagged images."""
+    heatmaps of the flagged and near-threshold images (NEAR_THRESHOLD)."""
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     choice = calibration.choice  # one score, or one per family
     values = choice.values(scaled_scores(scored.scores, scored.family, calibration.score_scale), scored.family)
     worst = worst_crop(values, [crop.source_sha256 for crop in crops])
     flagged = values[worst] >= calibration.threshold
+    near = flagged | (values[worst] >= NEAR_THRESHOLD * calibration.threshold)
     maps, names = choice.maps(scored), choice.names(scored.family)  # where each crop's deciding score looks
     suspected, confidence = _suspected_types(calibration, maps, worst[flagged])
     rows, heatmaps = [], []
     for n, i in enumerate(worst):
         crop, score, heat = crops[i], values[i], maps[i]
         heatmap_path, region = "", peak_region(heat, region_size_frac)
-        if flagged[n]:
+        if near[n]:
             heatmap_path = f"heatmaps/{crop.crop_id[:16]}.png"
             heatmaps.append(Heatmap(heatmap_path, crop.pixels, heat, region))
         image_path = crop.source_path.relative_to(raw)

@@ -6,6 +6,7 @@ import json
 from datetime import date
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -70,11 +71,14 @@ class _Page(HTMLParser):
         super().__init__()
         self.stack: list[str] = []
         self.images: list[str] = []
+        self.rows: list[dict] = []
         self.errors: list[str] = []
 
     def handle_starttag(self, tag, attrs):
-        if tag == "img":
-            self.images.append(dict(attrs)["src"])
+        if tag == "img" and dict(attrs).get("src"):  # the enlarged view's images get theirs on click
+            self.images.append(unquote(dict(attrs)["src"]))
+        if tag == "tr" and "data-image" in dict(attrs):
+            self.rows.append(dict(attrs))
         if tag not in self.VOID:
             self.stack.append(tag)
 
@@ -92,5 +96,7 @@ def test_gallery_is_valid_html_and_every_image_exists(champion, tmp_path: Path):
     page = _Page()
     page.feed(html)
     assert html.startswith("<!DOCTYPE html>") and not page.errors and not page.stack
-    assert len(page.images) == outcome.n_flagged > 0
+    flagged = [r for r in page.rows if r["class"] == "flagged"]
+    assert len(flagged) == outcome.n_flagged > 0 and len(page.images) == 2 * len(page.rows)  # crop + heatmap
     assert all((outcome.report_dir / src).is_file() for src in page.images)
+    assert all((outcome.report_dir / unquote(r["data-source"])).is_file() for r in page.rows)  # the original
