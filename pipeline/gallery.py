@@ -64,7 +64,8 @@ def write_gallery(day_dir: Path, scores: pd.DataFrame, title: str, warning: str 
     behind a filter; raw (the scored folder) links each image to its original file."""
     day_dir = Path(day_dir)
     flagged = scores[scores["flagged"]].sort_values("score", ascending=False)
-    near = scores[~scores["flagged"] & (scores["heatmap_path"] != "")].nlargest(NEAR_SHOWN, "score")
+    near = scores[~scores["flagged"] & (scores["heatmap_path"] != "")].sort_values("score", ascending=False)
+    near = near.head(NEAR_SHOWN)
     rows = [_row(r, False, raw, day_dir) for r in flagged.itertuples()]
     rows += [_row(r, True, raw, day_dir) for r in near.itertuples()]
     banner = f'<p class="warning" role="alert">{escape(warning)}</p>' if warning else ""
