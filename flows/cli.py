@@ -109,6 +109,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--date", help="YYYY-MM-DD (default: yesterday in --timezone)")
     p.add_argument("--timezone", default="UTC", help="the site's timezone, e.g. Europe/Berlin (default: UTC)")
     _add_config(p), _add_scale(p)
+    p = sub.add_parser("review", help="an inspector's gallery export (review-<date>.csv) back into the labels")
+    p.add_argument("action", choices=["import"])
+    p.add_argument("file", help="review-<date>.csv, as the gallery's Export button saved it")
+    p.add_argument("--date", help="the report date it reviews (default: from the file name)")
+    _add_config(p), _add_settings(p, "ingest")
     p = sub.add_parser("serve", help="run the nightly-score, calibrate and train deployments on this machine")
     p.add_argument("--inbox", default="data/inbox")
     p.add_argument("--timezone", default="UTC", help="timezone of the nightly schedule (default: UTC)")
@@ -242,6 +247,12 @@ def run(args: argparse.Namespace) -> str:
                               args.split_seeds, args.train_seeds, args.sets)
         from pipeline.bench_tables import markdown_table
         return markdown_table(result)
+    if args.command == "review":
+        r = f.review_flow(args.file, args.workdir, config, args.date)
+        precision = "; ".join(f"v{v}: {p['confirmed']} of {p['reviewed_flags']} flags confirmed"
+                              for v, p in r.precision.items())
+        return (f"review of {r.report_date}: {r.added} new label(s), {r.unchanged} unchanged, {len(r.problems)} "
+                f"row(s) left out{'; ' + precision if precision else ''}")
     if args.command == "serve":
         f.serve_here(args.inbox, args.workdir, args.timezone, args.cron, config)
         return "served"

@@ -23,6 +23,7 @@ from pipeline.errors import is_user_error
 from pipeline.files import atomic_write_text
 from pipeline.inbox import arrived_on, previous_day
 from pipeline.ingest import IngestResult, ingest
+from pipeline.review import ReviewImport
 from pipeline.synth import generate
 
 
@@ -142,6 +143,16 @@ def ingest_flow(raw: str = "data/raw", workdir: str = "data", labels: str | None
         get_run_logger().warning(note)
     get_run_logger().info("ingested %d new crops (%d already known), %d quarantined; splits %s; manifest %s",
                           result.n_new, result.n_skipped, result.n_quarantined, result.split_counts, result.manifest_path)
+    return result
+
+
+@flow(name="review-import")
+def review_flow(review_file: str, workdir: str = "data", config: dict | None = None,
+                report_date: str | None = None) -> ReviewImport:
+    """An inspector's gallery export back into the workdir's labels (no retries: it is one file)."""
+    result = stages.review_stage(Path(review_file), Path(workdir), _config(config), report_date)
+    for problem in result.problems:
+        get_run_logger().warning(problem)
     return result
 
 

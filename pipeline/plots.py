@@ -128,3 +128,19 @@ def example_grid_figure(images: list[torch.Tensor], captions: list[str], title: 
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def precision_in_use_figure(daily: dict[str, dict[str, dict[str, float]]]) -> Figure:
+    """Share of reviewed flags that inspectors confirmed, per report date and model version
+    (pipeline/review.py precision_in_use, per date): real-world precision and its drift."""
+    fig = Figure(figsize=(8, 3.2))
+    ax = fig.subplots()
+    versions = sorted({v for by_version in daily.values() for v in by_version}, key=str)
+    for version in versions:
+        days = [d for d in sorted(daily) if version in daily[d]]
+        ax.plot(days, [daily[d][version]["precision"] for d in days], marker="o", label=f"v{version}")
+    ax.set(ylim=(0, 1.05), xlabel="report date", ylabel="confirmed / reviewed flags", title="precision in use")
+    ax.legend(fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    return fig

@@ -30,7 +30,7 @@ from pipeline.drift import DriftCheck
 from pipeline.errors import UserError
 from pipeline.families import FamilyClassifier
 from pipeline.models import AsTuple, LatentReport, ModelOutput, conv_channels, exported
-from pipeline.plots import latent_figure
+from pipeline.plots import latent_figure, precision_in_use_figure
 from pipeline.promotion import CHALLENGER, CHAMPION
 
 __all__ = ["CHALLENGER", "CHAMPION"]  # the aliases, re-exported for callers of set_alias / resolve_version
@@ -218,6 +218,19 @@ def load_calibration(model_name: str, version: str) -> Calibration:
     except (MlflowException, OSError) as exc:
         raise UserError(f"{model_name} version {version} has no {CALIBRATION_ARTIFACT}: run `panelscan calibrate`") from exc
     return Calibration.from_dict(data)
+
+
+def log_review(cfg: TrackingConfig, report_date: str, precision: dict[str, dict[str, float]],
+               daily: dict[str, dict[str, dict[str, float]]], log_file: Path) -> None:
+    """One panel-score run per imported review and model version: reviewed flags, confirmed ones
+    and their share (precision in use), the plot of it over every reviewed day, and the review log."""
+    experiment = experiment_id(cfg.score_experiment, cfg)
+    for version, counts in precision.items():
+        with mlflow.start_run(experiment_id=experiment, run_name=f"review-{report_date}"):
+            mlflow.log_params({"model_name": cfg.model_name, "model_version": version, "report_date": report_date})
+            mlflow.log_metrics({f"review_{k}": v for k, v in counts.items()})
+            mlflow.log_figure(precision_in_use_figure(daily), "review/precision_in_use.png")
+            mlflow.log_artifact(str(log_file), "review")
 
 
 def log_calibration(calibration: Calibration, figures: dict[str, Figure] | None = None) -> None:

@@ -22,6 +22,7 @@ from pipeline.config import IngestConfig
 from pipeline.errors import UserError
 from pipeline.labels import OK, is_defect, is_evaluable
 
+REVIEW_PANEL = "review:"  # panel_id prefix of an inspector-reviewed image (pipeline/review.py): always val
 MANIFEST_COLUMNS = ["crop_id", "source_path", "source_sha256", "bbox", "panel_id", "label", "split",
                     "width", "height", "ingested_at", "crop_path", "family"]
 
@@ -93,6 +94,8 @@ def assign_split(group: str, labels: set[str], cfg: IngestConfig) -> str:
     """
     if not any(is_evaluable(label) for label in labels):
         return UNLABELLED_SPLIT
+    if group.startswith(REVIEW_PANEL):  # calibration learns from reviews; test, which the gate compares on, stays
+        return "val"
     u = int(hashlib.sha256(f"{cfg.split_seed}:{group}".encode()).hexdigest()[:12], 16) / 16**12
     if any(is_defect(label) for label in labels):
         return "val" if u < 0.5 else "test"

@@ -104,3 +104,36 @@ def test_an_inspector_reviews_flagged_images_and_exports_the_decisions(page, tmp
     assert review.loc[review["path"] == "a.png", "note"].item() == "<b>bold</b> =SUM(A1)"
     assert not any(cell.startswith(("=", "+", "-", "@")) for cell in review.to_numpy().ravel())
     assert page.evaluate("window.hacked") is None and page.dialogs == []
+
+
+def test_from_a_scored_day_three_clicks_reach_the_labels_calibration_and_mlflow(page, champion, tmp_path: Path):
+    """The issue's scenario end to end: a real scoring run's gallery, one decision of each kind
+    clicked, exported, imported with the review stage, calibration re-run."""
+    from datetime import date
+
+    import mlflow
+
+    from pipeline.stages import calibrate_stage, review_stage, score_stage
+    from pipeline.synth import generate
+
+    work, cfg = champion
+    generate(tmp_path / "inbox" / "2026-04-03", n=24, seed=41)
+    day = score_stage(tmp_path / "inbox" / "2026-04-03", work, cfg, day=date(2026, 4, 3)).report_dir
+    page.goto((day / "index.html").as_uri())
+    rows = page.locator("tbody tr.flagged")
+    names = [rows.nth(i).get_attribute("data-image") for i in range(3)]
+    for i, label in enumerate(("crack", "false_alarm", "unsure")):
+        rows.nth(i).locator(f"button[data-label={label}]").click()
+    with page.expect_download() as download:
+        page.click("#export")
+    exported = tmp_path / download.value.suggested_filename
+    download.value.save_as(exported)
+
+    result = review_stage(exported, work, cfg)
+    assert result.added == 3 and result.precision["1"]["precision"] == 0.5
+    manifest = pd.read_csv(work / "processed" / "manifest.csv", dtype=str, keep_default_na=False)
+    labels = dict(zip(manifest["source_path"], manifest["label"]))
+    assert [labels[f"2026-04-03/{n}"] for n in names] == ["crack", "ok", "uncertain"]
+    assert calibrate_stage(work, cfg).calibration.val["n_reviewed_images"] == 2
+    runs = mlflow.search_runs(experiment_names=["panel-score"])
+    assert runs.loc[runs["tags.mlflow.runName"] == "review-2026-04-03", "metrics.review_precision"].tolist() == [0.5]

@@ -27,7 +27,7 @@ from pipeline.regions import peak_region
 from pipeline.report import heatmap_overlay
 from pipeline.score_choice import ScoreChoice, SplitScores, choose_score, score_split, score_val_test
 from pipeline.stages.train import latest_trained_version
-from pipeline.workspace import WorkDirs, dataset_hash, images_per_split, load_crops, load_split
+from pipeline.workspace import REVIEW_PANEL, WorkDirs, dataset_hash, images_per_split, load_crops, load_split
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,9 @@ def calibrate_stage(workdir: Path, cfg: PanelConfig, model_version: str | None =
     choice = choose_score(scored.val, scored.synthetic, max(1, len(families)))
     calibration = calibrate_scores(scored.val, scored.test, choice, rule or model_cfg.calibrate.rule,
                                    model_cfg.calibrate.fallback_quantile, name, version, scored.synthetic, families)
+    # inspector-reviewed images (pipeline/review.py) among the val images this calibration chose on
+    calibration.val["n_reviewed_images"] = int(val.loc[val["panel_id"].str.startswith(REVIEW_PANEL),
+                                                       "source_sha256"].nunique())
     classifier, accuracy = _fit_defect_types(scored.val, scored.test, choice)
     if classifier is not None:
         calibration.test["suspected_defect_accuracy"] = accuracy

@@ -139,6 +139,7 @@ def finish_scoring(plan: ScoringPlan, shards: list[ShardResult], workdir: Path, 
     drift = check_drift(scores["score"].to_numpy(float), calibration.threshold, calibration.clean_reference,
                         model_cfg.score.drift_psi, model_cfg.score.drift_flag_rate)
     atomic_write_text(day_dir / "drift.json", json.dumps(drift.to_dict(), indent=2, allow_nan=False))
+    atomic_write_text(day_dir / "scored_folder.txt", str(Path(plan.raw).resolve()))  # where a review finds the originals
     write_gallery(day_dir, scores, f"panelscan {plan.report_date}: {name} v{version}",
                   drift.message if drift.drifted else "", raw=Path(plan.raw), date=plan.report_date)
     if drift.drifted:
