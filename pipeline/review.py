@@ -132,6 +132,7 @@ def import_review(path: Path, workdir: Path, cfg: IngestConfig, report_date: str
     result = None
     if added:
         atomic_write_csv(reviews / "labels.csv", labels.reset_index()[LABEL_COLUMNS])
+    if added or unchanged:  # incremental: a re-run after a failed ingest (other settings) finishes it
         result = ingest(reviews, dirs.root, reviews / "labels.csv", cfg)
     new_log = pd.DataFrame(log, columns=LOG_COLUMNS).astype(str)
     full_log = pd.concat([read_table(reviews / "log.csv", LOG_COLUMNS), new_log], ignore_index=True)

@@ -5,6 +5,7 @@ the gallery's script writes it (tests/test_gallery_review.py drives that script 
 from __future__ import annotations
 
 import csv
+import json
 from datetime import date
 from pathlib import Path
 
@@ -44,19 +45,22 @@ def _manifest_labels(work: Path) -> dict[str, tuple[str, str]]:
     return {r.source_path: (r.label, r.split) for r in manifest.itertuples()}
 
 
-def test_three_decisions_become_labels_calibration_uses_and_a_precision_metric(champion, tmp_path: Path):
+def test_three_decisions_become_labels_calibration_uses_and_a_precision_metric(champion, tmp_path: Path, capsys):
     work, cfg, report = _scored_day(champion, tmp_path)
     flagged = report.loc[report["flagged"] == "True", "image_path"].tolist()
     assert len(flagged) >= 3
     review = _export(tmp_path / f"review-{DAY}.csv", [(flagged[0], "crack", "clear crack"),
                                                        (flagged[1], "false_alarm", "glare"),
                                                        (flagged[2], "unsure", "")])
-    result = review_stage(review, work, cfg)
-    assert (result.added, result.unchanged, result.problems) == (3, 0, ())
+    from flows.cli import main
+
+    (tmp_path / "settings.json").write_text(json.dumps(cfg.to_dict()))  # the settings the workdir was made with
+    assert main(["review", "import", str(review), "--workdir", str(work), "--config", str(tmp_path / "settings.json")]) == 0
+    assert capsys.readouterr().out.strip().endswith(
+        f"review of {DAY}: 3 new label(s), 0 unchanged, 0 row(s) left out; v1: 1 of 2 flags confirmed")
     labels = _manifest_labels(work)
     assert labels[f"{DAY}/{flagged[0]}"] == ("crack", "val") and labels[f"{DAY}/{flagged[1]}"] == ("ok", "val")
     assert labels[f"{DAY}/{flagged[2]}"] == ("uncertain", "unlabelled")  # scored, never calibrated on
-    assert result.precision == {"1": {"reviewed_flags": 2, "confirmed": 1, "precision": 0.5}}
 
     before_test = read_table(WorkDirs(work).manifest, ["source_path", "split"]).query("split == 'test'")
     outcome = calibrate_stage(work, cfg)
@@ -71,6 +75,7 @@ def test_three_decisions_become_labels_calibration_uses_and_a_precision_metric(c
 
     again = review_stage(review, work, cfg)  # the same file twice: nothing new, nothing logged twice
     assert (again.added, again.unchanged, again.precision) == (0, 3, {})
+    assert len(mlflow.search_runs(experiment_names=["panel-score"], filter_string="attributes.run_name = 'review-2026-04-03'")) == 1
 
 
 def test_a_hostile_or_muddled_review_file_changes_nothing_it_should_not(champion, tmp_path: Path):
