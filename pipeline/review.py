@@ -129,15 +129,14 @@ def import_review(path: Path, workdir: Path, cfg: IngestConfig, report_date: str
         log.append(dict(report_date=report_date, path=row.path, decision=row.label, label=label,
                         reviewed_at=row.reviewed_at, note=row.note, model_version=str(image["model_version"]),
                         flagged=bool(image["flagged"]), outcome=outcome, imported_at=now))
-    result = None
     if added:
         atomic_write_csv(reviews / "labels.csv", labels.reset_index()[LABEL_COLUMNS])
-    if added or unchanged:  # incremental: a re-run after a failed ingest (other settings) finishes it
-        result = ingest(reviews, dirs.root, reviews / "labels.csv", cfg)
     new_log = pd.DataFrame(log, columns=LOG_COLUMNS).astype(str)
     full_log = pd.concat([read_table(reviews / "log.csv", LOG_COLUMNS), new_log], ignore_index=True)
     if log:
         atomic_write_csv(reviews / "log.csv", full_log)
+    # incremental: a re-run after a failed ingest (other settings) finishes it
+    result = ingest(reviews, dirs.root, reviews / "labels.csv", cfg) if added or unchanged else None
     kept = full_log[full_log["outcome"] == "added"]  # each image once, with the decision its label came from
     daily = {day: precision_in_use(rows) for day, rows in kept.groupby("report_date")}
     return ReviewImport(report_date, added, unchanged, tuple(problems),

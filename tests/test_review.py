@@ -81,8 +81,12 @@ def test_three_decisions_become_labels_calibration_uses_and_a_precision_metric(c
 def test_a_hostile_or_muddled_review_file_changes_nothing_it_should_not(champion, tmp_path: Path):
     work, cfg, report = _scored_day(champion, tmp_path)
     first, second, third = report["image_path"].tolist()[:3]
-    review_stage(_export(tmp_path / f"review-{DAY}.csv", [(first, "crack", "")]), work, cfg)
+    review = _export(tmp_path / f"review-{DAY}.csv", [(first, "crack", "")])
+    with pytest.raises(UserError, match="other preprocessing"):  # not the settings the workdir was made with
+        review_stage(review, work, cfg.replace("ingest", image_size=32))
+    assert review_stage(review, work, cfg).unchanged == 1  # the re-run with the right settings finishes it
     before = _manifest_labels(work)
+    assert before[f"{DAY}/{first}"] == ("crack", "val")
     (tmp_path / "later").mkdir()
     muddled = _export(tmp_path / "later" / f"review-{DAY}.csv", [
         (first, "false_alarm", "changed my mind"),  # conflicts with the earlier import
@@ -100,7 +104,7 @@ def test_a_hostile_or_muddled_review_file_changes_nothing_it_should_not(champion
     assert after[f"{DAY}/{first}"] == before[f"{DAY}/{first}"] == ("crack", "val")
     assert after[f"{DAY}/{second}"] == ("crack", "val") and f"{DAY}/{third}" not in after
     log = read_table(work / "reviews" / "log.csv", ["path", "outcome"])
-    assert log.loc[log["path"] == first, "outcome"].tolist() == ["added", "conflict"]  # both decisions kept
+    assert log.loc[log["path"] == first, "outcome"].tolist() == ["added", "unchanged", "conflict"]  # every decision
     with pytest.raises(UserError, match="header path,label,reviewed_at,note"):
         (tmp_path / f"review-{DAY}-bad.csv").write_text("file,decision\na.png,crack\n")
         review_stage(tmp_path / f"review-{DAY}-bad.csv", work, cfg)
