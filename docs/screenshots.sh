@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Re-makes docs/gallery.png and docs/mlflow-run.png from a small run on synthetic panels
-# (needs `make install` and Debian's chromium: apt-get install chromium). About 3 minutes on 2 cores.
+# (needs `make browser-test` once: Debian's chromium and Playwright). About 3 minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=$(mktemp -d)
@@ -14,7 +14,22 @@ echo '{"train": {"epochs": 10, "members": 1}, "model": {"head_steps": 0}}' > "$w
   && "$bin/panelscan" nightly --inbox inbox --workdir work --date 2026-12-07 --config small.json)
 shot() { chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size="$2" \
   --virtual-time-budget=30000 --screenshot="$3" "$1" 2>/dev/null; }
-shot "file://$work/work/reports/2026-12-07/index.html" 1200,900 docs/gallery.png
+# the gallery mid-review: near-threshold images shown, three decisions made (Playwright: make browser-test)
+"$bin/python" - "$work/work/reports/2026-12-07/index.html" docs/gallery.png <<'PY'
+import sys
+from pathlib import Path
+from playwright.sync_api import sync_playwright
+with sync_playwright() as p:
+    browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=["--no-sandbox"])
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.goto(Path(sys.argv[1]).as_uri())
+    page.check("#near")
+    rows = page.locator("tbody tr")
+    for i, label in enumerate(("crack", "false_alarm", "loose_connector")):
+        rows.nth(i).locator(f"button[data-label={label}]").click()
+    page.screenshot(path=sys.argv[2])
+    browser.close()
+PY
 "$bin/mlflow" ui --backend-store-uri "$MLFLOW_TRACKING_URI" --port 5077 >/dev/null 2>&1 &
 for _ in $(seq 60); do curl -sf http://127.0.0.1:5077/health >/dev/null && break; sleep 1; done
 run=$("$bin/python" -c "import mlflow; r = mlflow.search_runs(experiment_names=['panel-train']).iloc[0]; print(r.experiment_id, r.run_id)")

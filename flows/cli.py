@@ -187,7 +187,7 @@ def _quiet_console() -> None:
 
 # The folders and files a command reads, and what each is called in its error.
 _INPUT_FOLDERS = {"raw": "raw folder", "inbox": "inbox folder"}
-_INPUT_FILES = {"labels": "labels file"}
+_INPUT_FILES = {"labels": "labels file", "file": "review file"}
 
 
 def check_inputs(args: argparse.Namespace) -> None:

@@ -103,7 +103,8 @@ def test_user_errors_reach_the_console_as_one_line_without_traceback(tmp_path: P
 @pytest.mark.parametrize("argv,message", [
     (["ingest", "--raw", "{tmp}/gone"], "{tmp}/gone: raw folder does not exist"),
     (["pipeline", "--raw", "{tmp}", "--labels", "{tmp}/labels.csv"], "{tmp}/labels.csv: labels file does not exist"),
-    (["nightly", "--inbox", "{tmp}/inbox"], "{tmp}/inbox: inbox folder does not exist")])
+    (["nightly", "--inbox", "{tmp}/inbox"], "{tmp}/inbox: inbox folder does not exist"),
+    (["review", "import", "{tmp}/review-2026-01-01.csv"], "{tmp}/review-2026-01-01.csv: review file does not exist")])
 def test_a_path_that_does_not_exist_is_an_error_before_any_flow_runs(tmp_path: Path, monkeypatch, capsys,
                                                                       argv: list[str], message: str):
     """No wait for Prefect's temporary server to learn of a typo: no flow is started at all."""
@@ -111,7 +112,7 @@ def test_a_path_that_does_not_exist_is_an_error_before_any_flow_runs(tmp_path: P
 
     def no_flow(*args, **kwargs):
         raise AssertionError("a flow ran")
-    for name in ("ingest_flow", "pipeline_flow", "nightly_flow"):
+    for name in ("ingest_flow", "pipeline_flow", "nightly_flow", "review_flow"):
         monkeypatch.setattr(prefect_flows, name, no_flow)
     assert cli.main([a.format(tmp=tmp_path) for a in argv]) == 2
     assert capsys.readouterr().err.strip() == f"panelscan {argv[0]}: error: {message.format(tmp=tmp_path)}"
