@@ -24,6 +24,7 @@ demo: $(STAMP)
 	$(BIN)/panelscan nightly --inbox data/inbox --date $(DEMO_DATE)
 	@echo
 	@echo "Inspector report: data/reports/$(DEMO_DATE)/index.html (gallery), flagged.csv, scores.csv"
+	@echo "Review:           in the gallery, then $(BIN)/panelscan review import <download folder>/review-$(DEMO_DATE).csv"
 	@echo "MLflow UI:        $(BIN)/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db  -> http://127.0.0.1:5000"
 
 # The real-data run: ELPV solar cells (ok = probability 0, crack >= 2/3), cells fill the frame.
