@@ -44,6 +44,7 @@ def _tables(work: Path) -> tuple[pd.Series, pd.Series]:
     return quarantine, manifest.set_index("source_path")["label"]
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_awkward_folder_ingests_from_the_command_line_with_every_file_accounted_for(tmp_path: Path):
     raw = tmp_path / "raw"
     kinds = write_awkward_raw(raw, tmp_path / "outside.png")
@@ -86,6 +87,7 @@ def test_accepted_kinds_decode_to_the_camera_pixels():
                 assert error <= (2 if kind.name.endswith(".jpg") else 1), (kind.name, error)
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_user_errors_reach_the_console_as_one_line_without_traceback(tmp_path: Path):
     """A mistake found inside a flow (Prefect running): one line, no traceback, no retries."""
     (tmp_path / "raw").mkdir()

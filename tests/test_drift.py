@@ -28,6 +28,7 @@ def _defocus(folder: Path, radius: float) -> None:
         Image.open(path).filter(ImageFilter.GaussianBlur(radius)).save(path)
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_drift_fires_on_a_defocused_or_glaring_camera_and_not_on_a_fresh_clean_batch(champion, tmp_path: Path):
     """A soft lens lowers every clean score and flags no more than usual: only the distribution
     test sees it. Glare flags everything: the flag-rate rule sees it."""

@@ -52,6 +52,7 @@ def test_members_below_one_is_a_clear_error():
         train_members(crops, np.array([""] * 4), crops, np.array([""] * 4), cfg, lambda *a: None)
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_pipeline_trains_each_member_per_family_and_scores_with_the_registry_ensemble(two_family_raw: Path,
                                                                                     tmp_path: Path):
     from pipeline import tracking

@@ -116,6 +116,7 @@ def test_scores_are_scaled_per_family_so_families_compare():
     assert "dark_knn_mean" not in without_knn and "dark_norm_mean" in without_knn  # only whole pairs combine
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_pipeline_trains_one_model_per_family_and_reports_each_images_family(two_family_raw: Path, synth_raw: Path,
                                                                             tmp_path: Path):
     from pipeline import tracking

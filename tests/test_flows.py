@@ -21,6 +21,7 @@ from pipeline.training import train_model
 from tests.conftest import small_config
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_pipeline_then_score_end_to_end(synth_raw: Path, tmp_path: Path, capsys):
     from flows.cli import main
     from flows.prefect_flows import pipeline_flow, score_flow
@@ -106,6 +107,7 @@ def test_registry_model_reproduces_in_memory_scores(tmp_path: Path, model_type: 
     assert tracking.load_config(cfg.tracking.model_name, version) == cfg
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_vqvae_and_convvae_register_side_by_side_and_are_compared_on_the_same_crops(synth_raw: Path, tmp_path: Path):
     """Both families go through the same stages; the VQ run shows its codebook metrics per epoch
     and its usage artifact; the second calibrated version is judged on the champion's test crops."""
@@ -164,6 +166,7 @@ def test_train_stage_resume_continues_the_same_mlflow_run(synth_raw: Path, tmp_p
     assert not stages.checkpoint_path(work, cfg).exists()
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_gate_refuses_to_compare_models_tested_on_other_images(synth_raw: Path, tmp_path: Path):
     """A champion from one data set is never displaced by (or compared with) a model calibrated on
     other images with other preprocessing: the newcomer waits as challenger, with the reason."""

@@ -48,6 +48,7 @@ def test_nightly_without_a_champion_fails_with_a_clear_reason(tmp_path: Path):
         state.result()
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_nightly_scores_only_the_days_images_and_dask_shards_match(champion, tmp_path: Path):
     from flows.prefect_flows import nightly_flow, on_dask
 

@@ -15,6 +15,7 @@ from datetime import date
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from pipeline.stages import score_stage
 from pipeline.synth import generate
@@ -47,6 +48,7 @@ def _ledger_count(path: Path) -> int:
             return 0
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_killed_run_resumes_and_reports_each_image_once_with_identical_scores(champion, tmp_path: Path):
     work, cfg = champion
     inbox = tmp_path / "inbox"

@@ -78,6 +78,7 @@ def test_three_decisions_become_labels_calibration_uses_and_a_precision_metric(c
     assert len(mlflow.search_runs(experiment_names=["panel-score"], filter_string="attributes.run_name = 'review-2026-04-03'")) == 1
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_a_hostile_or_muddled_review_file_changes_nothing_it_should_not(champion, tmp_path: Path):
     work, cfg, report = _scored_day(champion, tmp_path)
     first, second, third = report["image_path"].tolist()[:3]

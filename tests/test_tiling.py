@@ -56,6 +56,7 @@ def test_a_workdir_refuses_crops_made_another_way(synth_raw: Path, tmp_path: Pat
         ingest(synth_raw, tmp_path / "w", None, IngestConfig(image_size=32, tile=96))
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_tiled_pipeline_scores_each_image_once_as_its_worst_tile(synth_raw: Path, tmp_path: Path):
     cfg = small_config(epochs=2).replace("ingest", tile=96, tile_overlap=0.25)
     work = tmp_path / "work"

@@ -111,6 +111,7 @@ def test_train_steps_count_the_optimizer_steps_analysts_see_per_epoch(monkeypatc
     assert len(steps) == 4 and [h["train/steps"] for h in result.history] == [2, 4]
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_loader_workers_do_not_change_the_result():
     data = _clean_panels(80)
     in_process = train_model(data[:64], data[64:], small_config(epochs=2), progress=False)

@@ -56,6 +56,7 @@ def _run(raw: Path, work: Path, name: str):
     return result, calibrate_stage(work, cfg).calibration
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_unlisted_files_never_train_or_calibrate_and_leave_the_figures_unchanged(synth_raw: Path, tmp_path: Path):
     tidy, messy = tmp_path / "tidy", tmp_path / "messy"
     tidy.mkdir()

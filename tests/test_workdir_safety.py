@@ -95,6 +95,7 @@ def test_two_ingests_of_one_workdir_at_once_lose_nothing(synth_raw: Path, tmp_pa
     assert sorted(manifest["source_path"]) == sorted(f.name for f in frames[:60])  # both nights' images, once
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_two_scorings_of_one_day_at_once_score_each_image_once(champion, tmp_path: Path):
     work, cfg = champion
     inbox = tmp_path / "inbox"
