@@ -151,7 +151,7 @@ def review_flow(review_file: str, workdir: str = "data", config: dict | None = N
                 report_date: str | None = None) -> ReviewImport:
     """An inspector's gallery export back into the workdir's labels (no retries: it is one file)."""
     result = stages.review_stage(Path(review_file), Path(workdir), _config(config), report_date)
-    for problem in result.problems:
+    for problem in (*result.problems, *(result.ingest.notes if result.ingest else ())):
         get_run_logger().warning(problem)
     return result
 
