@@ -79,6 +79,7 @@ def test_tiny_bench_has_the_schema_and_identical_test_images_for_every_method(sy
     assert table.count("**mean of 1 real sets**") == len(methods)
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_bench_with_families_trains_per_family_and_gives_baselines_the_same_metadata(two_family_raw: Path,
                                                                                     tmp_path: Path):
     dataset = BenchDataset("families", two_family_raw, two_family_raw / "labels.csv")
@@ -149,6 +150,7 @@ def test_pixel_roc_auc_reads_masks_either_way_round(tmp_path: Path):
     assert result["pixel_roc_auc"] == 1.0 and result["pixel_images"] == 3
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_bench_over_split_seeds_reports_each_split_and_their_mean(synth_raw: Path, tmp_path: Path):
     """One headline split can be luck: with several split seeds each set is split anew per seed
     (other test images), every method still sees identical test images within a split, and the
@@ -174,6 +176,7 @@ def test_bench_over_split_seeds_reports_each_split_and_their_mean(synth_raw: Pat
     assert f"| {ours['real_sets_mean']:.3f} |" in table
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_bench_over_training_seeds_trains_each_seed_on_the_same_split(synth_raw: Path, tmp_path: Path):
     """One training can be luck too: with training seeds, each split is ingested once and trained
     once per seed (identical test images, other weights), and the mean is over every run."""

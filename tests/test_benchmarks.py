@@ -29,6 +29,7 @@ def test_gpu_benchmark_cpu_mode_measures_both_models_and_agrees_with_the_eager_m
     assert result["table"].count("\n") == 3 and "| cpu | convvae | 48 |" in result["table"]
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_gpu_bench_runs_a_config_variant_through_the_bench_and_writes_its_tables(synth_raw: Path, tmp_path: Path,
                                                                              capsys) -> None:
     """The GPU box's quality bench (no MLflow, no Prefect there): a config variant through the bench,

@@ -45,6 +45,7 @@ def _manifest_labels(work: Path) -> dict[str, tuple[str, str]]:
     return {r.source_path: (r.label, r.split) for r in manifest.itertuples()}
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_three_decisions_become_labels_calibration_uses_and_a_precision_metric(champion, tmp_path: Path, capsys):
     work, cfg, report = _scored_day(champion, tmp_path)
     flagged = report.loc[report["flagged"] == "True", "image_path"].tolist()

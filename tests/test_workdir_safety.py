@@ -78,6 +78,7 @@ def _both(script: str, *argv_pairs: list[str]) -> list[subprocess.CompletedProce
     return [subprocess.CompletedProcess(p.args, p.returncode, out, err) for p, (out, err) in zip(procs, outs)]
 
 
+@pytest.mark.slow  # end to end: make test runs it, the quick loop leaves it out
 def test_two_ingests_of_one_workdir_at_once_lose_nothing(synth_raw: Path, tmp_path: Path):
     frames = sorted(synth_raw.glob("frame_*.png"))
     labels = pd.read_csv(synth_raw / "labels.csv", dtype=str, keep_default_na=False).set_index("path")
