@@ -27,6 +27,7 @@ with sync_playwright() as p:
     rows = page.locator("tbody tr")
     for i, label in enumerate(("crack", "false_alarm", "loose_connector")):
         rows.nth(i).locator(f"button[data-label={label}]").click()
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=sys.argv[2])
     browser.close()
 PY

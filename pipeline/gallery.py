@@ -24,7 +24,8 @@ STYLE = """
 body { font-family: sans-serif; margin: 1.5em; } table { border-collapse: collapse; }
 td, th { border-bottom: 1px solid #ddd; padding: 4px 8px; text-align: left; vertical-align: middle; }
 th[data-key] { cursor: pointer; text-decoration: underline dotted; }
-img { image-rendering: pixelated; } button.view { padding: 0; border: 0; background: none; cursor: zoom-in; }
+img { image-rendering: pixelated; }
+button.view { display: flex; gap: 4px; padding: 0; border: 0; background: none; cursor: zoom-in; }
 tr.near { display: none; background: #f6f6f6; } body.show-near tr.near { display: table-row; }
 tr.current { outline: 2px solid #0b6efd; } tr.reviewed td.path { font-weight: bold; }
 button[aria-pressed="true"] { background: #0b6efd; color: white; }
